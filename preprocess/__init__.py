@@ -1,0 +1,1 @@
+"""Stage 1: Flickr30k images and captions → sharded TFRecords, vocab.txt, manifest.json."""

@@ -1,0 +1,98 @@
+"""The TFRecord schema: writer-side encoding and reader-side parse spec, plus file names.
+
+The only file that spells the feature keys; every stage goes through it.
+"""
+
+from __future__ import annotations
+
+import os
+
+SCHEMA_VERSION = 1
+
+IMAGE_ENCODED = "image/encoded"
+IMAGE_FILENAME = "image/filename"
+IMAGE_HEIGHT = "image/height"
+IMAGE_WIDTH = "image/width"
+CAPTION_TEXT = "caption/text"
+
+SPLITS = ("train", "val", "test")
+MANIFEST_FILENAME = "manifest.json"
+REJECTS_PREFIX = "rejects"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+SHARD_SUFFIX = ".tfrecord"
+
+# Where `python -m preprocess.run` writes the embedded sample data set by default, and so where
+# the trainer looks by default.
+DEFAULT_DATA_DIR = os.path.join("data", "sample_tfrecords")
+
+# Reasons a row or image is refused; each appears in rejects.jsonl and the manifest.
+REASON_NO_SEPARATOR = "no_separator"
+REASON_MALFORMED_ROW = "malformed_row"
+REASON_EMPTY_CAPTION = "empty_caption"
+REASON_CAPTION_TOO_LONG = "caption_too_long"
+REASON_BAD_IMAGE_NAME = "bad_image_name"
+REASON_OUTSIDE_IMAGES_DIR = "outside_images_dir"
+REASON_IMAGE_MISSING = "image_missing"
+REASON_IMAGE_UNREADABLE = "image_unreadable"
+REASON_IMAGE_TOO_LARGE = "image_too_large"
+REASON_IMAGE_TOO_SMALL = "image_too_small"
+REASON_UNKNOWN_SPLIT = "unknown_split"
+
+
+def shard_prefix(output_dir: str, split: str) -> str:
+    return os.path.join(output_dir, split)
+
+
+def shard_pattern(data_dir: str, split: str) -> str:
+    return os.path.join(data_dir, f"{split}-*-of-*{SHARD_SUFFIX}")
+
+
+def encode_example(
+    image_jpeg: bytes, filename: str, height: int, width: int, captions: list[str]
+) -> bytes:
+    """One image and its normalised captions as a serialized `tf.train.Example`."""
+    import tensorflow as tf
+
+    def bytes_feature(values: list[bytes]) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+    def int_feature(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    features = {
+        IMAGE_ENCODED: bytes_feature([image_jpeg]),
+        IMAGE_FILENAME: bytes_feature([filename.encode("utf-8")]),
+        IMAGE_HEIGHT: int_feature(height),
+        IMAGE_WIDTH: int_feature(width),
+        CAPTION_TEXT: bytes_feature([caption.encode("utf-8") for caption in captions]),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString()
+
+
+def feature_spec() -> dict:
+    """Reader-side spec for `tf.io.parse_example`: captions come back ragged [batch, None]."""
+    import tensorflow as tf
+
+    return {
+        IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
+        IMAGE_FILENAME: tf.io.FixedLenFeature([], tf.string),
+        IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+        IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+        CAPTION_TEXT: tf.io.RaggedFeature(tf.string),
+    }
+
+
+def decode_example(serialized: bytes) -> dict:
+    """Python-side reading of one record, for tests and tools (not for input pipelines)."""
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature
+    return {
+        IMAGE_ENCODED: feature[IMAGE_ENCODED].bytes_list.value[0],
+        IMAGE_FILENAME: feature[IMAGE_FILENAME].bytes_list.value[0].decode("utf-8"),
+        IMAGE_HEIGHT: feature[IMAGE_HEIGHT].int64_list.value[0],
+        IMAGE_WIDTH: feature[IMAGE_WIDTH].int64_list.value[0],
+        CAPTION_TEXT: [value.decode("utf-8") for value in feature[CAPTION_TEXT].bytes_list.value],
+    }

@@ -1,0 +1,1 @@
+"""Stage 3: the signatured SavedModel for TF Serving, and captioning from it."""

@@ -1,0 +1,31 @@
+"""flickr-captioner: Beam preprocessing, tf.distribute training and TF Serving export.
+
+Also what Beam ships to remote workers: pass `--setup_file=./setup.py` to `preprocess.run`.
+"""
+
+import setuptools
+
+setuptools.setup(
+    name="flickr-captioner",
+    version="0.1.0",
+    description="Flickr30k image captioning: Beam → TFRecords → tf.distribute → TF Serving",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["preprocess", "trainer", "serving"]),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "efficientnet>=1.1",
+        "apache-beam>=2.60",
+        "nltk>=3.8",
+        "pandas>=2",
+        "numpy>=1.26",
+        "absl-py>=2",
+        "pillow>=10",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
+        "eval": ["pycocoevalcap>=1.2"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+    },
+)

@@ -1,0 +1,1 @@
+"""Stage 2: the captioning model and its one distributed training loop."""
