@@ -55,7 +55,7 @@ def hash_split(filename: str, split_fractions: Iterable[float]) -> str:
     digest = hashlib.sha256(filename.encode("utf-8")).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64
     cumulative = 0.0
-    for split, fraction in zip(records.SPLITS, split_fractions):
+    for split, fraction in zip(records.SPLITS, split_fractions, strict=True):
         cumulative += fraction
         if position < cumulative:
             return split
@@ -114,9 +114,12 @@ class AssignSplitAndCaptions(beam.DoFn):
 
 def encode(example: dict) -> bytes:
     return records.encode_example(
-        example["jpeg"], example["filename"], example["height"], example["width"],
+        example["jpeg"],
+        example["filename"],
+        example["height"],
+        example["width"],
         example["captions"],
-    )  # fmt: skip
+    )
 
 
 def example_counts(example: dict) -> Iterator[tuple[str, int]]:
@@ -147,7 +150,7 @@ def estimate_num_shards(config: PreprocessConfig) -> dict[str, int]:
         lines = line_ranges[-1][3] if line_ranges else 0
         images_per_split = {
             split: lines / _CAPTIONS_PER_IMAGE * fraction
-            for split, fraction in zip(records.SPLITS, config.split_fractions)
+            for split, fraction in zip(records.SPLITS, config.split_fractions, strict=True)
         }
     pixels = config.image_size**2 if config.image_size > 0 else _UNRESIZED_PIXELS
     return {
@@ -258,7 +261,7 @@ def build(pipeline: beam.Pipeline, config: PreprocessConfig) -> None:
         lambda example, _: records.SPLITS.index(example["split"]), len(records.SPLITS)
     )
     written = []
-    for split, split_examples in zip(records.SPLITS, by_split):
+    for split, split_examples in zip(records.SPLITS, by_split, strict=True):
         written.append(
             split_examples
             | f"Encode_{split}" >> beam.Map(encode)

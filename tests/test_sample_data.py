@@ -1,0 +1,107 @@
+"""The embedded sample data set: layout, determinism, and captions true of their scenes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+
+from preprocess import sample_data, text
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> str:
+    output_dir = str(tmp_path_factory.mktemp("sample"))
+    sample_data.generate(output_dir, num_images=30, width=120, height=90, seed=3)
+    return output_dir
+
+
+def caption_rows(output_dir: str) -> list[list[str]]:
+    with open(os.path.join(output_dir, sample_data.CAPTIONS_FILENAME), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "image_name| comment_number| comment"
+    return [line.split("| ") for line in lines[1:]]
+
+
+def test_layout_counts_and_header(sample_dir):
+    names = sorted(os.listdir(os.path.join(sample_dir, sample_data.IMAGES_SUBDIR)))
+    assert len(names) == 30
+    rows = caption_rows(sample_dir)
+    assert len(rows) == 30 * 5
+    assert sorted({row[0] for row in rows}) == names
+    for name in names:
+        assert [row[1] for row in rows if row[0] == name] == ["0", "1", "2", "3", "4"]
+    with Image.open(os.path.join(sample_dir, sample_data.IMAGES_SUBDIR, names[0])) as image:
+        assert image.size == (120, 90) and image.mode == "RGB"
+    assert sorted(sample_data.load_scenes(sample_dir)) == names
+
+
+def test_captions_read_like_the_real_file(sample_dir):
+    for _, _, caption in caption_rows(sample_dir):
+        assert caption[0].isupper() and caption.endswith(" .")
+
+
+def test_same_seed_same_data_other_seed_other_data(tmp_path, sample_dir):
+    sample_data.generate(str(tmp_path / "again"), num_images=30, width=120, height=90, seed=3)
+    sample_data.generate(str(tmp_path / "other"), num_images=30, width=120, height=90, seed=4)
+    assert caption_rows(str(tmp_path / "again")) == caption_rows(sample_dir)
+    assert caption_rows(str(tmp_path / "other")) != caption_rows(sample_dir)
+    name = sorted(sample_data.load_scenes(sample_dir))[0]
+    for directory in (sample_dir, str(tmp_path / "again")):
+        path = os.path.join(directory, sample_data.IMAGES_SUBDIR, name)
+        with open(path, "rb") as image_file:
+            assert (
+                image_file.read()
+                == open(os.path.join(sample_dir, sample_data.IMAGES_SUBDIR, name), "rb").read()
+            )
+
+
+def test_every_caption_is_true_of_its_scene_and_false_of_a_recoloured_one(sample_dir):
+    scenes = sample_data.load_scenes(sample_dir)
+    colours = list(sample_data.COLORS)
+    for name, _, caption in caption_rows(sample_dir):
+        objects = scenes[name]["objects"]
+        assert sample_data.caption_is_true(text.normalize(caption), objects), caption
+        recoloured = [
+            {**obj, "color": colours[(colours.index(obj["color"]) + 1) % len(colours)]}
+            for obj in objects
+        ]
+        assert not sample_data.caption_is_true(text.normalize(caption), recoloured), caption
+
+
+def test_scenes_have_one_to_three_objects_of_every_kind(tmp_path):
+    sample_data.generate(str(tmp_path), num_images=60, width=100, height=80, seed=0)
+    scenes = sample_data.load_scenes(str(tmp_path))
+    objects = [obj for scene in scenes.values() for obj in scene["objects"]]
+    assert {len(scene["objects"]) for scene in scenes.values()} == {1, 2, 3}
+    assert {obj["shape"] for obj in objects} == set(sample_data.SHAPES)
+    assert len({obj["color"] for obj in objects}) >= 6
+    assert {obj["size"] for obj in objects} == {"small", "large"}
+
+
+LEFT = {"shape": "circle", "color": "red", "size": "small", "x": 20, "y": 50, "radius": 8}
+RIGHT = {"shape": "square", "color": "blue", "size": "large", "x": 80, "y": 50, "radius": 15}
+
+
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("a red circle", True),
+        ("a small red circle", True),
+        ("a large red circle", False),
+        ("a green circle", False),
+        ("a red circle to the left of a large blue square", True),
+        ("a blue square to the right of a small red circle", True),
+        ("a red circle to the right of a blue square", False),
+        ("a red circle above a blue square", False),
+        ("a red circle and a blue square", True),
+        ("a blue square and a red circle and a red circle", True),
+        ("a red circle and", False),
+        ("red circle", False),
+        ("a red circle near a blue square", False),
+        ("", False),
+    ],
+)
+def test_caption_is_true_parses_the_grammar(caption, expected):
+    assert sample_data.caption_is_true(caption, [LEFT, RIGHT]) is expected
