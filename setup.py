@@ -22,6 +22,7 @@ setuptools.setup(
         "absl-py>=2",
         "pillow>=10",
         "matplotlib>=3.7",
+        "tensorboard>=2.16",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],

@@ -1,0 +1,93 @@
+"""Frozen-encoder feature cache: EfficientNet runs once per image, not once per epoch.
+
+The original kept EfficientNetB0 frozen yet ran it on every image in every epoch. Here the
+features of each split are computed once, stored as float16 TFRecords under
+`JOB_DIR/feature_cache/KEY/`, and read back every epoch. KEY fingerprints the encoder's weights,
+the image size and the input shards, so a changed encoder or data set never reads stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from preprocess import records
+from trainer import data
+
+ENCODE_BATCH = 32
+_DONE = "DONE"
+
+
+def cache_key(model, image_size: int, files: list[str]) -> str:
+    digest = hashlib.sha256(f"{data.CACHE_SCHEMA}:{image_size}".encode())
+    for weight in model.cnn.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    for path in files:
+        digest.update(f"{os.path.basename(path)}:{tf.io.gfile.stat(path).length}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _image_batches(path: str, image_size: int) -> tf.data.Dataset:
+    from trainer.model import preprocess_image
+
+    def parse(serialized):
+        example = tf.io.parse_single_example(serialized, records.feature_spec())
+        image = preprocess_image(data.decode_and_resize(example[records.IMAGE_ENCODED], image_size))
+        captions = tf.strings.reduce_join(example[records.CAPTION_TEXT], separator="\n")
+        return image, example[records.IMAGE_FILENAME], captions
+
+    dataset = tf.data.TFRecordDataset(path).map(parse, num_parallel_calls=data.AUTOTUNE)
+    return dataset.batch(ENCODE_BATCH).prefetch(data.AUTOTUNE)
+
+
+def _feature_example(features: np.ndarray, filename: bytes, captions: bytes) -> bytes:
+    feature = {
+        data.CNN_FEATURES: tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[features.astype(np.float16).tobytes()])
+        ),
+        records.IMAGE_FILENAME: tf.train.Feature(bytes_list=tf.train.BytesList(value=[filename])),
+        records.CAPTION_TEXT: tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=captions.split(b"\n") if captions else [])
+        ),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def cached_split(model, config, split: str, files: list[str], cache_root: str = "") -> list[str]:
+    """The cached-feature files for `files` (the shards of `split`), computing them if needed."""
+    key = cache_key(model, config.image_size, files)
+    cache_root = cache_root or os.path.join(config.job_dir, "feature_cache")
+    cache_dir = os.path.join(cache_root, key, split)
+    outputs = [os.path.join(cache_dir, os.path.basename(path)) for path in files]
+    if tf.io.gfile.exists(os.path.join(cache_dir, _DONE)):
+        return outputs
+    tf.io.gfile.makedirs(cache_dir)
+    print(f"caching {split} encoder features in {cache_dir}", flush=True)
+    encode = tf.function(lambda images: model.encode(images, training=False))
+    progress = keras.utils.Progbar(None, unit_name="image")
+    seen = 0
+    for source, output in zip(files, outputs):
+        # Write beside, then rename: a killed run never leaves a half file that looks whole.
+        handle, partial = tempfile.mkstemp(dir=cache_dir, suffix=".partial")
+        os.close(handle)
+        with tf.io.TFRecordWriter(partial) as writer:
+            for images, filenames, captions in _image_batches(source, config.image_size):
+                features = encode(images).numpy()
+                for row in range(features.shape[0]):
+                    writer.write(
+                        _feature_example(
+                            features[row], filenames[row].numpy(), captions[row].numpy()
+                        )
+                    )
+                seen += features.shape[0]
+                progress.update(seen)
+        tf.io.gfile.rename(partial, output, overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(cache_dir, _DONE), "w") as done:
+        done.write(f"{seen}\n")
+    print(flush=True)
+    return outputs

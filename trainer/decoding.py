@@ -1,0 +1,151 @@
+"""Greedy and beam-search decoding as batched graph code (`tf.while_loop`), servable as is.
+
+Greedy is beam search with one beam: one decoder, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from preprocess import text
+
+# step_fn(previous token ids [N], state [N, ...]) → (log-probs [N, V], new state, attention [N, L])
+StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
+
+NEG_INF = -1e9
+
+
+def beam_decode(
+    step_fn: StepFn,
+    initial_state: tf.Tensor,
+    batch_size: tf.Tensor,
+    max_steps: int,
+    beam_size: int,
+    num_locations: tf.Tensor,
+    length_alpha: float = 1.0,
+) -> dict:
+    """Batched beam search over `step_fn`; `initial_state` holds batch_size × beam_size rows.
+
+    Beams are ranked by summed log-probability while searching; the final choice divides by
+    length ** length_alpha (length counts the <end> token), so long captions are not punished
+    for every extra word. Finished beams continue with <pad> at no cost.
+    Returns token_ids [B, T] int32, log_prob [B], score [B], length [B], attention [B, T, L].
+    """
+    beams = beam_size
+
+    def gather_beams(values, beam_index):
+        return tf.gather(values, beam_index, batch_dims=1)
+
+    def body(t, last, state, scores, finished, lengths, history, attention_history):
+        log_probs, new_state, attention = step_fn(tf.reshape(last, [-1]), state)
+        vocab = tf.shape(log_probs)[-1]
+        log_probs = tf.reshape(tf.cast(log_probs, tf.float32), [batch_size, beams, vocab])
+        token_range = tf.range(vocab)
+        never = tf.logical_or(token_range == text.PAD_ID, token_range == text.START_ID)
+        open_log_probs = tf.where(never, NEG_INF, log_probs)
+        # A finished beam may only continue with <pad>, at no cost, so it keeps its score.
+        closed_log_probs = tf.where(token_range == text.PAD_ID, 0.0, NEG_INF)
+        closed_log_probs = tf.broadcast_to(closed_log_probs, tf.shape(log_probs))
+        log_probs = tf.where(finished[..., None], closed_log_probs, open_log_probs)
+        candidates = tf.reshape(scores[..., None] + log_probs, [batch_size, beams * vocab])
+        top_scores, top_index = tf.math.top_k(candidates, k=beams)
+        beam_index, token = top_index // vocab, tf.cast(top_index % vocab, tf.int32)
+
+        state_shape = tf.shape(new_state)
+        new_state = tf.reshape(new_state, tf.concat([[batch_size, beams], state_shape[1:]], 0))
+        new_state = tf.reshape(gather_beams(new_state, beam_index), state_shape)
+        attention = tf.reshape(tf.cast(attention, tf.float32), [batch_size, beams, -1])
+        was_finished = gather_beams(finished, beam_index)
+        attention = tf.where(was_finished[..., None], 0.0, gather_beams(attention, beam_index))
+        at_t = tf.one_hot(t, max_steps, dtype=tf.int32)  # Write position t of the histories.
+        history = gather_beams(history, beam_index) * (1 - at_t) + token[..., None] * at_t
+        attention_history = (
+            gather_beams(attention_history, beam_index) * (1.0 - tf.cast(at_t, tf.float32))[:, None]
+            + attention[..., None, :] * tf.cast(at_t, tf.float32)[:, None]
+        )
+        lengths = gather_beams(lengths, beam_index) + tf.cast(~was_finished, tf.int32)
+        finished = was_finished | (token == text.END_ID)
+        return t + 1, token, new_state, top_scores, finished, lengths, history, attention_history
+
+    def keep_going(t, last, state, scores, finished, *_):
+        return tf.logical_and(t < max_steps, ~tf.reduce_all(finished))
+
+    first_beam_only = tf.one_hot(0, beams, on_value=0.0, off_value=NEG_INF)
+    loop_vars = (
+        tf.constant(0),
+        tf.fill([batch_size, beams], text.START_ID),
+        initial_state,
+        tf.tile(first_beam_only[None], [batch_size, 1]),
+        tf.zeros([batch_size, beams], tf.bool),
+        tf.zeros([batch_size, beams], tf.int32),
+        tf.zeros([batch_size, beams, max_steps], tf.int32),
+        tf.zeros([batch_size, beams, max_steps, num_locations], tf.float32),
+    )
+    _, _, _, scores, _, lengths, history, attention_history = tf.while_loop(
+        keep_going, body, loop_vars, maximum_iterations=max_steps
+    )
+    normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_alpha)
+    best = tf.argmax(normalised, axis=-1, output_type=tf.int32)
+    pick = lambda values: tf.gather(values, best, batch_dims=1)  # noqa: E731
+    return {
+        "token_ids": pick(history),
+        "log_prob": pick(scores),
+        "score": pick(normalised),
+        "length": pick(lengths),
+        "attention": pick(attention_history),
+    }
+
+
+def ids_to_text(token_ids: tf.Tensor, vocab: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Token ids [B, T] → (tokens [B, T] strings, "" after <end>; captions [B] without <end>)."""
+    tokens = tf.gather(vocab, token_ids)
+    after_end = tf.cumsum(tf.cast(token_ids == text.END_ID, tf.int32), axis=-1, exclusive=True)
+    produced = (after_end == 0) & (token_ids != text.PAD_ID)
+    tokens = tf.where(produced, tokens, "")
+    is_word = produced & (token_ids != text.END_ID)
+    captions = tf.strings.reduce_join(
+        tf.ragged.boolean_mask(tokens, is_word), axis=-1, separator=" "
+    )
+    return tokens, captions
+
+
+def caption(
+    model,
+    cnn_features: tf.Tensor,
+    vocab: tf.Tensor,
+    max_length: int,
+    beam_size: int = 1,
+    length_alpha: float = 1.0,
+) -> dict:
+    """CNN features [B, L, 1280] → captions with `model` (a trainer.model.Captioner).
+
+    Returns caption [B], tokens [B, T], token_ids, log_prob [B], score, length, attention [B, T, L]
+    with T = max_length - 1 (the decoder's steps).
+    """
+    features, keys = model.prepare(cnn_features)
+    batch_size = tf.shape(features)[0]
+    if beam_size > 1:
+        features = tf.repeat(features, beam_size, axis=0)
+        keys = tf.repeat(keys, beam_size, axis=0)
+
+    def step_fn(token_ids: tf.Tensor, state: tf.Tensor):
+        new_state, attention = model.step(model.gates_for_tokens(token_ids), state, features, keys)
+        return tf.nn.log_softmax(model.logits(new_state)), new_state, attention
+
+    result = beam_decode(
+        step_fn,
+        model.initial_state(batch_size * beam_size),
+        batch_size,
+        max_length - 1,
+        beam_size,
+        tf.shape(features)[1],
+        length_alpha,
+    )
+    result["tokens"], result["caption"] = ids_to_text(result["token_ids"], vocab)
+    return result
+
+
+def greedy(model, cnn_features: tf.Tensor, vocab: tf.Tensor, max_length: int) -> dict:
+    return caption(model, cnn_features, vocab, max_length, beam_size=1)

@@ -1,0 +1,177 @@
+"""The captioning model: EfficientNetB0 encoder → FC → Bahdanau attention → GRU decoder.
+
+One decoder `step` serves teacher-forced training and graph decoding alike. Work that does not
+depend on the recurrent state is done once, outside the time loop: the attention keys of the image
+features, the GRU's input gates from every target token, and the output layers over all steps.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from preprocess import text
+
+CNN_CHANNELS = 1280  # EfficientNetB0's last feature map depth.
+CNN_STRIDE = 32  # Its downsampling: 224 px → 7×7 locations.
+ENCODER_WEIGHTS = ("imagenet", "noisy-student", "none")
+
+# EfficientNet (the `efficientnet` package) expects torch-style normalised RGB.
+_RGB_MEAN = (0.485, 0.456, 0.406)
+_RGB_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess_image(image_uint8: tf.Tensor) -> tf.Tensor:
+    """uint8 RGB [..., H, W, 3] → the float32 input EfficientNet expects."""
+    image = tf.cast(image_uint8, tf.float32) / 255.0
+    return (image - tf.constant(_RGB_MEAN)) / tf.constant(_RGB_STD)
+
+
+def num_locations(image_size: int) -> int:
+    side = -(-image_size // CNN_STRIDE)  # EfficientNet pads: ceil(size / 32).
+    return side * side
+
+
+def build_cnn(weights: str, image_size: int) -> keras.Model:
+    """EfficientNetB0 without its classifier; `weights` is a name from ENCODER_WEIGHTS or a path."""
+    import efficientnet.tfkeras as efficientnet  # Registers its custom objects with Keras.
+
+    source = None if weights in (None, "", "none") else weights
+    try:
+        return efficientnet.EfficientNetB0(
+            include_top=False, weights=source, input_shape=(image_size, image_size, 3)
+        )
+    except Exception as error:  # The package downloads named weights; offline that fails.
+        raise RuntimeError(
+            f"--encoder_weights={weights}: could not load EfficientNetB0 weights ({error}). "
+            "Offline, pass --encoder_weights=none to start from random weights, or the path of "
+            "a local EfficientNetB0 notop .h5 file."
+        ) from error
+
+
+class Captioner(keras.Model):
+    """Show, attend and tell with an EfficientNetB0 encoder and a GRU that carries its state."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 256,
+        units: int = 512,
+        image_size: int = 224,
+        encoder_weights: str = "imagenet",
+        train_encoder: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.units = units
+        self.image_size = image_size
+        self.train_encoder = train_encoder
+        self.cnn = build_cnn(encoder_weights, image_size)
+        self.cnn.trainable = train_encoder
+        self.fc = keras.layers.Dense(embedding_dim, activation="relu", name="fc")
+        self.attention_keys = keras.layers.Dense(units, name="attention_keys")
+        self.attention_score = keras.layers.Dense(1, name="attention_score")
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        # GRU weights, split by what they read so each matmul runs where it is cheapest:
+        # token → input gates over all steps at once; context → input gates per step;
+        # state → [attention query | recurrent gates] in one matmul per step.
+        self.token_gates = keras.layers.Dense(3 * units, name="gru_token_gates")
+        self.context_gates = keras.layers.Dense(3 * units, use_bias=False, name="gru_context_gates")
+        self.state_projection = keras.layers.Dense(4 * units, name="gru_state_projection")
+        self.fc1 = keras.layers.Dense(units, name="fc1")
+        self.fc2 = keras.layers.Dense(vocab_size, dtype="float32", name="logits")
+
+    # Encoder ---------------------------------------------------------------------------------
+
+    def encode(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Preprocessed images [B, H, W, 3] → CNN features [B, L, 1280]."""
+        feature_map = self.cnn(images, training=training and self.train_encoder)
+        batch = tf.shape(feature_map)[0]
+        return tf.reshape(feature_map, [batch, -1, CNN_CHANNELS])
+
+    def prepare(self, cnn_features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """CNN features → (features [B, L, E] after the FC layer, attention keys [B, L, U])."""
+        features = self.fc(tf.cast(cnn_features, self.compute_dtype))
+        return features, self.attention_keys(features)
+
+    # Decoder ---------------------------------------------------------------------------------
+
+    def initial_state(self, batch_size: tf.Tensor) -> tf.Tensor:
+        return tf.zeros([batch_size, self.units], self.compute_dtype)
+
+    def step(
+        self, token_gates: tf.Tensor, state: tf.Tensor, features: tf.Tensor, keys: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """One decoder step: previous token's gates and state → (new state, attention [B, L])."""
+        projected = self.state_projection(state)
+        query, recurrent = projected[:, : self.units], projected[:, self.units :]
+        scores = self.attention_score(tf.tanh(keys + query[:, None, :]))[..., 0]
+        attention = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
+        context = tf.reduce_sum(tf.cast(attention, features.dtype)[..., None] * features, axis=1)
+        gates = token_gates + self.context_gates(context)
+        input_z, input_r, input_h = tf.split(gates, 3, axis=-1)
+        recurrent_z, recurrent_r, recurrent_h = tf.split(recurrent, 3, axis=-1)
+        update = tf.sigmoid(input_z + recurrent_z)
+        reset = tf.sigmoid(input_r + recurrent_r)
+        candidate = tf.tanh(input_h + reset * recurrent_h)
+        new_state = update * state + (1.0 - update) * candidate
+        return new_state, attention
+
+    def gates_for_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
+        return self.token_gates(self.embedding(token_ids))
+
+    def logits(self, outputs: tf.Tensor) -> tf.Tensor:
+        """GRU outputs [..., U] → float32 logits [..., V]."""
+        return self.fc2(self.fc1(outputs))
+
+    def teacher_forced(
+        self, features: tf.Tensor, keys: tf.Tensor, input_ids: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Training pass: input ids [B, T] → (logits [B, T, V] float32, attention [B, T, L])."""
+        all_gates = self.gates_for_tokens(input_ids)
+        state = self.initial_state(tf.shape(input_ids)[0])
+        outputs, attentions = [], []
+        # T is static (the padded length), so the loop unrolls into one graph XLA can fuse.
+        for position in range(input_ids.shape[1]):
+            state, attention = self.step(all_gates[:, position], state, features, keys)
+            outputs.append(state)
+            attentions.append(attention)
+        return self.logits(tf.stack(outputs, axis=1)), tf.stack(attentions, axis=1)
+
+    def call(self, inputs: dict, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """`inputs`: `input_ids` and either `image` (preprocessed) or `cnn_features`."""
+        if "cnn_features" in inputs:
+            cnn_features = inputs["cnn_features"]
+        else:
+            cnn_features = self.encode(inputs["image"], training=training)
+        features, keys = self.prepare(cnn_features)
+        return self.teacher_forced(features, keys, inputs["input_ids"])
+
+    def build_all(self, max_length: int) -> None:
+        """Create every weight by one call on a dummy batch (checkpoint restore needs them)."""
+        images = tf.zeros([1, self.image_size, self.image_size, 3])
+        self({"image": images, "input_ids": tf.zeros([1, max_length - 1], tf.int32)})
+
+
+def masked_loss_sum(
+    target_ids: tf.Tensor, logits: tf.Tensor, attention: tf.Tensor | None = None, reg: float = 0.0
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(summed cross-entropy over non-<pad> targets, their count, correctly predicted count).
+
+    Sums, not means, so that a caller can divide by the global token count across replicas.
+    `reg` > 0 adds Show-Attend-and-Tell's doubly stochastic attention penalty per caption.
+    """
+    mask = tf.cast(tf.not_equal(target_ids, text.PAD_ID), tf.float32)
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=target_ids, logits=tf.cast(logits, tf.float32)
+    )
+    loss_sum = tf.reduce_sum(cross_entropy * mask)
+    if reg > 0.0 and attention is not None:
+        # Each location should receive about one unit of attention over the caption.
+        attention_total = tf.reduce_sum(attention * mask[..., None], axis=1)
+        loss_sum += reg * tf.reduce_sum(tf.square(1.0 - attention_total))
+    predicted = tf.argmax(logits, axis=-1, output_type=target_ids.dtype)
+    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, target_ids), tf.float32) * mask)
+    return loss_sum, tf.reduce_sum(mask), correct

@@ -1,0 +1,408 @@
+"""The one distributed training loop: `strategy.run` over a teacher-forced step, every strategy.
+
+Keras 3's `fit` cannot run MultiWorkerMirroredStrategy (keras-team/keras#20585), so one loop of
+Keras layers + Keras optimizer + `tf.train.CheckpointManager` + `tf.summary` + `Progbar` serves
+default, mirrored, multi-worker and TPU alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from preprocess import text
+from trainer import data, decoding, distribute
+from trainer.model import Captioner, masked_loss_sum, num_locations
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of a training run; `trainer.task` fills it from flags."""
+
+    data_dir: str
+    job_dir: str
+    strategy: str = "auto"
+    cpu_devices: int = 0
+    precision: str = "auto"
+    epochs: int = 25
+    batch_size: int = 64  # Global: split across replicas.
+    learning_rate: float = 1e-3
+    clipnorm: float = 5.0
+    vocab_size: int = 5000
+    max_length: int = 25
+    embedding_dim: int = 256
+    units: int = 512
+    image_size: int = 224
+    encoder_weights: str = "imagenet"
+    train_encoder: bool = False
+    cache_features: bool = True
+    caption_sampling: str = "first"
+    attention_reg: float = 0.0
+    jit_compile: bool = False
+    seed: int = 0
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only.
+    max_steps: int = 0  # 0: no limit; stop (with a checkpoint) after this many steps in all.
+    sample_captions: int = 3
+    deterministic: bool = False
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _check_config(config: TrainConfig, replicas: int) -> None:
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"--batch_size={config.batch_size} does not split across {replicas} replicas; "
+            f"pass a multiple of {replicas}."
+        )
+
+
+def _config_identity(config: TrainConfig, manifest: dict, tokens: list[str]) -> dict:
+    return {
+        "schema_version": manifest.get("schema_version"),
+        "vocab_fingerprint": text.fingerprint("\n".join(tokens)),
+        "vocab_size": len(tokens),
+        "max_length": config.max_length,
+        "embedding_dim": config.embedding_dim,
+        "units": config.units,
+        "image_size": config.image_size,
+    }
+
+
+def _check_resume(job_dir: str, identity: dict) -> None:
+    """Refuse to resume a checkpoint made for another vocabulary, schema or model size."""
+    path = os.path.join(job_dir, "config.json")
+    if not tf.io.gfile.exists(path) or not tf.train.latest_checkpoint(_checkpoint_dir(job_dir)):
+        return
+    with tf.io.gfile.GFile(path) as config_file:
+        previous = json.load(config_file).get("identity", {})
+    changed = {key: (previous.get(key), value) for key, value in identity.items()}
+    changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
+    if changed:
+        details = ", ".join(f"{key}: {old} → {new}" for key, (old, new) in changed.items())
+        raise ValueError(
+            f"--job_dir={job_dir} holds a checkpoint for other data or sizes ({details}); "
+            "pass a new --job_dir or the data and flags it was trained with"
+        )
+
+
+def _checkpoint_dir(job_dir: str) -> str:
+    return os.path.join(job_dir, "checkpoints")
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
+    model = Captioner(
+        vocab_size,
+        embedding_dim=config.embedding_dim,
+        units=config.units,
+        image_size=config.image_size,
+        encoder_weights=config.encoder_weights,
+        train_encoder=config.train_encoder,
+    )
+    model.build_all(config.max_length)
+    return model
+
+
+class _PreReduced:
+    """Mixin: gradients arrive already summed over replicas (see `make_step_functions`).
+
+    Keras 3 sums replica gradients inside `apply`, after clipping each replica's partial
+    gradient; summing first in the step makes `global_clipnorm` clip the true global gradient.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return grads_and_vars
+
+
+class Adam(_PreReduced, keras.optimizers.Adam):
+    pass
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    optimizer = Adam(config.learning_rate, global_clipnorm=config.clipnorm or None)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_step_functions(
+    model: Captioner,
+    optimizer: keras.optimizers.Optimizer,
+    strategy: tf.distribute.Strategy,
+    global_batch_size: int,
+    attention_reg: float = 0.0,
+    jit_compile: bool = False,
+):
+    """(train_step, eval_step, gradients_step), each taking one distributed batch.
+
+    Each replica differentiates its summed loss; the step sums gradients and token counts over
+    replicas and divides by the GLOBAL count of non-<pad> tokens, so the update equals the
+    single-device update on the same global batch, however the batch is split.
+    """
+
+    def forward(batch: dict, training: bool):
+        logits, attention = model(batch, training=training)
+        return masked_loss_sum(batch["target_ids"], logits, attention, attention_reg)
+
+    @tf.function(jit_compile=jit_compile)
+    def local_gradients(batch: dict):
+        with tf.GradientTape() as tape:
+            loss_sum, tokens, correct = forward(batch, training=True)
+            # A fixed divisor keeps float16 gradients in range; the true one is applied below.
+            scaled = optimizer.scale_loss(loss_sum / global_batch_size)
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        return loss_sum, tokens, correct, [tf.convert_to_tensor(g) for g in gradients]
+
+    def replica_gradients(batch: dict):
+        loss_sum, tokens, correct, gradients = local_gradients(batch)
+        context = tf.distribute.get_replica_context()
+        loss_sum, tokens, correct = context.all_reduce("SUM", [loss_sum, tokens, correct])
+        factor = global_batch_size / tokens
+        gradients = [g * tf.cast(factor, g.dtype) for g in context.all_reduce("SUM", gradients)]
+        return loss_sum / tokens, correct / tokens, gradients
+
+    def replica_train_step(batch: dict):
+        loss, accuracy, gradients = replica_gradients(batch)
+        optimizer.apply(gradients, model.trainable_variables)
+        return loss, accuracy
+
+    def first_replica(value):
+        return strategy.experimental_local_results(value)[0]  # Equal on every replica.
+
+    @tf.function
+    def train_step(batch):
+        loss, accuracy = strategy.run(replica_train_step, args=(batch,))
+        return first_replica(loss), first_replica(accuracy)
+
+    @tf.function
+    def gradients_step(batch):
+        """Loss and (loss-scaled) gradients of one batch, without updating: for tests."""
+        loss, _, gradients = strategy.run(replica_gradients, args=(batch,))
+        return first_replica(loss), [first_replica(g) for g in gradients]
+
+    def replica_eval_step(batch: dict):
+        return forward(batch, training=False)
+
+    @tf.function
+    def eval_step(batch):
+        sums = strategy.run(replica_eval_step, args=(batch,))
+        return [strategy.reduce("SUM", value, axis=None) for value in sums]
+
+    return train_step, eval_step, gradients_step
+
+
+def _summary_writer(job_dir: str, name: str, chief: bool):
+    if not chief:
+        return tf.summary.create_noop_writer()
+    return tf.summary.create_file_writer(os.path.join(job_dir, "logs", name))
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, checkpointing as it goes; resumes from `job_dir`. Returns the final metrics."""
+    # Devices, strategy and precision ------------------------------------------------------
+    strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
+    precision = distribute.select_precision(config.precision)
+    replicas = strategy.num_replicas_in_sync
+    logging.info("strategy: %s; precision: %s", distribute.describe(strategy), precision)
+    print(f"strategy: {distribute.describe(strategy)}; precision: {precision}", flush=True)
+    _check_config(config, replicas)
+    if config.deterministic:
+        keras.utils.set_random_seed(config.seed)
+        tf.config.experimental.enable_op_determinism()
+    chief = distribute.is_chief(strategy)
+
+    # Data ------------------------------------------------------------------------------------
+    manifest = data.load_manifest(config.data_dir)
+    tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
+    train_examples = data.split_size(manifest, "train")
+    steps_per_epoch = train_examples // config.batch_size
+    if config.caption_sampling == "all":
+        steps_per_epoch = int(manifest["splits"]["train"].get("captions", 0)) // config.batch_size
+    if steps_per_epoch == 0:
+        raise data.DataError(
+            f"--data_dir={config.data_dir}: the train split has {train_examples} examples, "
+            f"fewer than one --batch_size={config.batch_size}; lower the batch size or add data"
+        )
+    identity = _config_identity(config, manifest, tokens)
+    _check_resume(config.job_dir, identity)
+    tokenizer = data.Tokenizer(tokens, config.max_length)
+    val_files = data.shard_files(config.data_dir, "val") if data.split_size(manifest, "val") else []
+
+    # Model, optimizer, checkpoint ------------------------------------------------------------
+    with strategy.scope():
+        model = build_model(config, len(tokens))
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    checkpoint_dir = _checkpoint_dir(config.job_dir)
+    if not chief:  # Every worker must save (collective ops), but only the chief's copy lasts.
+        checkpoint_dir = tempfile.mkdtemp(prefix=f"worker{distribute.worker_id(strategy)}-")
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
+    restored_from = manager.restore_or_initialize()
+    if restored_from:
+        print(f"resumed from {restored_from} at step {int(step.numpy())}", flush=True)
+    if chief:
+        tf.io.gfile.makedirs(config.job_dir)
+        with tf.io.gfile.GFile(os.path.join(config.job_dir, "config.json"), "w") as config_file:
+            record = {"flags": dataclasses.asdict(config), "identity": identity}
+            record["manifest"] = {key: manifest.get(key) for key in ("counts", "splits", "vocab")}
+            record.update(strategy=distribute.describe(strategy), precision=precision)
+            json.dump(record, config_file, indent=2, sort_keys=True)
+
+    # Feature cache: the frozen encoder runs once per image, not once per epoch ---------------
+    locations = 0
+    train_files = data.shard_files(config.data_dir, "train")
+    if config.cache_features and not config.train_encoder:
+        from trainer import cache
+
+        train_files = cache.cached_split(model, config, "train", train_files)
+        val_files = cache.cached_split(model, config, "val", val_files) if val_files else []
+        locations = num_locations(config.image_size)
+
+    def epoch_dataset(epoch: int, files: list[str], shuffle: bool, drop: bool):
+        def dataset_fn(input_context=None):
+            batch = (
+                input_context.get_per_replica_batch_size(config.batch_size)
+                if input_context
+                else config.batch_size
+            )
+            return data.make_dataset(
+                files,
+                tokenizer,
+                batch,
+                config.image_size,
+                caption_sampling=config.caption_sampling if shuffle else "first",
+                shuffle=shuffle,
+                seed=config.seed * 1000 + epoch,
+                drop_remainder=drop,
+                cached_locations=locations,
+            )
+
+        # The global batch is split across replicas in order: the same global batch gives the
+        # same gradient on one device or many.
+        return strategy.experimental_distribute_dataset(dataset_fn())
+
+    train_step, eval_step, _ = make_step_functions(
+        model, optimizer, strategy, config.batch_size, config.attention_reg, config.jit_compile
+    )
+    train_writer = _summary_writer(config.job_dir, "train", chief)
+    val_writer = _summary_writer(config.job_dir, "val", chief)
+
+    # The loop ----------------------------------------------------------------------------------
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    history: list[dict] = []
+    val_metrics: dict = {}
+    while int(step.numpy()) < total_steps:
+        start_step = int(step.numpy())
+        epoch, skip = divmod(start_step, steps_per_epoch)
+        print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
+        progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        iterator = iter(epoch_dataset(epoch, train_files, shuffle=True, drop=True))
+        for _ in range(skip):  # Resume mid-epoch at the very batch where the run stopped.
+            next(iterator)
+        losses, started = [], time.perf_counter()
+        for position in range(skip, steps_per_epoch):
+            if int(step.numpy()) >= total_steps:
+                break
+            loss, accuracy = train_step(next(iterator))
+            loss_value = float(loss.numpy())
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"loss became {loss_value} at step {int(step.numpy())}; the last good "
+                    f"checkpoint in {checkpoint_dir} is kept. Lower --learning_rate or check "
+                    "the data."
+                )
+            step.assign_add(1)
+            losses.append(loss_value)
+            progress.update(position + 1, [("loss", loss_value), ("accuracy", float(accuracy))])
+            with train_writer.as_default(step=int(step.numpy())):
+                tf.summary.scalar("loss", loss_value)
+                tf.summary.scalar("token_accuracy", float(accuracy))
+                tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
+            every = config.checkpoint_every_steps
+            if every and int(step.numpy()) % every == 0:
+                manager.save(checkpoint_number=int(step.numpy()))
+        seconds = time.perf_counter() - started
+        manager.save(checkpoint_number=int(step.numpy()))
+        images_per_second = len(losses) * config.batch_size / max(seconds, 1e-9)
+        epoch_record = {"epoch": epoch + 1, "step": int(step.numpy())}
+        epoch_record["train_loss"] = float(np.mean(losses)) if losses else None
+        epoch_record["images_per_second"] = images_per_second
+        if val_files:
+            val_metrics = evaluate_loss(
+                eval_step, epoch_dataset(0, val_files, shuffle=False, drop=False)
+            )
+            epoch_record.update({f"val_{key}": value for key, value in val_metrics.items()})
+        with train_writer.as_default(step=int(step.numpy())):
+            tf.summary.scalar("images_per_second", images_per_second)
+        with val_writer.as_default(step=int(step.numpy())):
+            for key, value in val_metrics.items():
+                tf.summary.scalar(key, value)
+            if val_files and config.sample_captions:
+                samples = sample_captions(model, tokens, config, val_files, locations)
+                tf.summary.text("sample_captions", "\n\n".join(samples))
+                for sample in samples:
+                    print(f"  {sample}", flush=True)
+        history.append(epoch_record)
+        print(json.dumps(epoch_record), flush=True)
+    if not chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    metrics = {"step": int(step.numpy()), "history": history, "val": val_metrics}
+    if chief:
+        with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
+            json.dump(metrics, out, indent=2)
+    return metrics
+
+
+def evaluate_loss(eval_step, distributed_dataset) -> dict:
+    """Masked loss per token and token accuracy over a whole distributed split."""
+    loss_sum = tokens = correct = 0.0
+    for batch in distributed_dataset:
+        batch_loss, batch_tokens, batch_correct = eval_step(batch)
+        loss_sum += float(batch_loss)
+        tokens += float(batch_tokens)
+        correct += float(batch_correct)
+    return {"loss": loss_sum / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
+
+
+def sample_captions(
+    model: Captioner, tokens: list[str], config: TrainConfig, files: list[str], locations: int
+) -> list[str]:
+    """Greedy captions of the first few validation images, with their first reference."""
+    tokenizer = data.Tokenizer(tokens, config.max_length)
+    dataset = data.make_dataset(
+        files,
+        tokenizer,
+        config.sample_captions,
+        config.image_size,
+        cached_locations=locations,
+        keep_references=True,
+    )
+    batch = next(iter(dataset))
+    if locations:
+        cnn_features = batch["cnn_features"]
+    else:
+        cnn_features = model.encode(batch["image"])
+    result = decoding.greedy(model, cnn_features, tf.constant(tokens), config.max_length)
+    lines = []
+    for filename, caption, references in zip(
+        batch["filename"].numpy(), result["caption"].numpy(), batch["references"].numpy()
+    ):
+        reference = references.decode().split("\n")[0]
+        lines.append(f"{filename.decode()}: {caption.decode()!r} (reference: {reference!r})")
+    return lines
