@@ -1,0 +1,55 @@
+"""The TFRecord schema: what the writer encodes, the reader-side spec parses back."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from preprocess import records
+
+
+def jpeg(height: int, width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_encoded_examples_parse_with_the_feature_spec(tmp_path):
+    path = str(tmp_path / f"train-00000-of-00001{records.SHARD_SUFFIX}")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(records.encode_example(jpeg(8, 16), "a.jpg", 8, 16, ["a red circle"]))
+        writer.write(records.encode_example(jpeg(4, 4), "b.jpg", 4, 4, ["one", "two", "three"]))
+    files = tf.io.gfile.glob(records.shard_pattern(str(tmp_path), "train"))
+    assert files == [path]
+    batch = next(
+        iter(
+            tf.data.TFRecordDataset(files)
+            .batch(2)
+            .map(lambda serialized: tf.io.parse_example(serialized, records.feature_spec()))
+        )
+    )
+    assert batch[records.IMAGE_FILENAME].numpy().tolist() == [b"a.jpg", b"b.jpg"]
+    assert batch[records.IMAGE_HEIGHT].numpy().tolist() == [8, 4]
+    assert batch[records.CAPTION_TEXT].to_list() == [[b"a red circle"], [b"one", b"two", b"three"]]
+    assert tf.io.decode_jpeg(batch[records.IMAGE_ENCODED][0]).shape == (8, 16, 3)
+
+
+def test_decode_example_reads_back_what_encode_wrote():
+    serialized = records.encode_example(b"jpeg", "x.jpg", 3, 5, ["a", "b"])
+    assert records.decode_example(serialized) == {
+        records.IMAGE_ENCODED: b"jpeg",
+        records.IMAGE_FILENAME: "x.jpg",
+        records.IMAGE_HEIGHT: 3,
+        records.IMAGE_WIDTH: 5,
+        records.CAPTION_TEXT: ["a", "b"],
+    }
+
+
+def test_shard_names_follow_the_template():
+    assert records.shard_prefix("out", "val") + "-00000-of-00002" + records.SHARD_SUFFIX == (
+        "out/val-00000-of-00002.tfrecord"
+    )
+    assert records.SHARD_TEMPLATE == "-SSSSS-of-NNNNN"
