@@ -56,7 +56,7 @@ def beam_decode(
         state_shape = tf.shape(new_state)
         new_state = tf.reshape(new_state, tf.concat([[batch_size, beams], state_shape[1:]], 0))
         new_state = tf.reshape(gather_beams(new_state, beam_index), state_shape)
-        attention = tf.reshape(tf.cast(attention, tf.float32), [batch_size, beams, -1])
+        attention = tf.reshape(tf.cast(attention, tf.float32), [batch_size, beams, num_locations])
         was_finished = gather_beams(finished, beam_index)
         attention = tf.where(was_finished[..., None], 0.0, gather_beams(attention, beam_index))
         at_t = tf.one_hot(t, max_steps, dtype=tf.int32)  # Write position t of the histories.
@@ -140,7 +140,7 @@ def caption(
         batch_size,
         max_length - 1,
         beam_size,
-        tf.shape(features)[1],
+        features.shape[1] or tf.shape(features)[1],
         length_alpha,
     )
     result["tokens"], result["caption"] = ids_to_text(result["token_ids"], vocab)

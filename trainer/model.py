@@ -88,8 +88,9 @@ class Captioner(keras.Model):
     def encode(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Preprocessed images [B, H, W, 3] → CNN features [B, L, 1280]."""
         feature_map = self.cnn(images, training=training and self.train_encoder)
-        batch = tf.shape(feature_map)[0]
-        return tf.reshape(feature_map, [batch, -1, CNN_CHANNELS])
+        height, width = feature_map.shape[1], feature_map.shape[2]
+        locations = height * width if height and width else -1
+        return tf.reshape(feature_map, [tf.shape(feature_map)[0], locations, CNN_CHANNELS])
 
     def prepare(self, cnn_features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """CNN features → (features [B, L, E] after the FC layer, attention keys [B, L, U])."""

@@ -406,3 +406,25 @@ def sample_captions(
         reference = references.decode().split("\n")[0]
         lines.append(f"{filename.decode()}: {caption.decode()!r} (reference: {reference!r})")
     return lines
+
+
+def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
+    """The latest checkpoint of `job_dir` as (model, vocabulary tokens, its training config)."""
+    config_path = os.path.join(job_dir, "config.json")
+    if not tf.io.gfile.exists(config_path):
+        raise FileNotFoundError(
+            f"--job_dir={job_dir}: no config.json; train first with python -m trainer.task "
+            f"--job_dir={job_dir}"
+        )
+    with tf.io.gfile.GFile(config_path) as config_file:
+        flags = json.load(config_file)["flags"]
+    config = TrainConfig(**{**flags, "encoder_weights": "none"})  # Weights come from the ckpt.
+    latest = tf.train.latest_checkpoint(_checkpoint_dir(job_dir))
+    if not latest:
+        raise FileNotFoundError(f"--job_dir={job_dir}: no checkpoint in {_checkpoint_dir(job_dir)}")
+    tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
+    model = build_model(config, len(tokens))
+    tf.train.Checkpoint(model=model).restore(
+        latest
+    ).expect_partial().assert_existing_objects_matched()
+    return model, tokens, config

@@ -1,0 +1,187 @@
+"""A training checkpoint → a signatured SavedModel for TF Serving: `python -m serving.export`.
+
+    python -m serving.export --job_dir=jobs/captioner --export_dir=exports
+
+writes `exports/captioner/VERSION/` (with `assets/vocab.txt`) and `exports/models.config`.
+The graph holds everything, image decoding included, in plain TF ops: TF Serving and a process
+that imports nothing of this project run it as is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import tensorflow as tf
+from absl import app, flags
+
+from preprocess import records, text
+from trainer import data, decoding, train
+from trainer.model import preprocess_image
+
+DEFAULT_MODEL_NAME = "captioner"
+# Images larger than this (decoded pixels) are refused before decoding: a small file that
+# claims 50,000 × 50,000 pixels must not allocate gigabytes inside the server.
+MAX_PIXELS = 40_000_000
+
+
+def _be_uint(data_bytes: tf.Tensor, start: int, length: int) -> tf.Tensor:
+    """Big-endian unsigned integer from `length` bytes at `start` of a scalar string."""
+    raw = tf.io.decode_raw(tf.strings.substr(data_bytes, start, length), tf.uint8)
+    value = tf.constant(0, tf.int64)
+    for index in range(length):
+        value = value * 256 + tf.cast(raw[index], tf.int64)
+    return value
+
+
+def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """One request image → the model's input, or InvalidArgumentError naming the problem."""
+    size = tf.strings.length(image_bytes)
+    tf.debugging.assert_greater(size, 0, message="image_bytes is empty: send JPEG or PNG bytes")
+    is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
+    is_png = tf.strings.substr(image_bytes, 0, 8) == b"\x89PNG\r\n\x1a\n"
+    tf.debugging.Assert(
+        is_jpeg | is_png,
+        [
+            "image_bytes is not a JPEG or PNG image; first bytes:",
+            tf.strings.substr(image_bytes, 0, 8),
+        ],
+    )
+
+    def png_pixels():
+        tf.debugging.assert_greater_equal(size, 24, message="truncated PNG header")
+        return _be_uint(image_bytes, 16, 4) * _be_uint(image_bytes, 20, 4)
+
+    def jpeg_pixels():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return shape[0] * shape[1]
+
+    pixels = tf.cond(is_png, png_pixels, jpeg_pixels)
+    tf.debugging.assert_less_equal(
+        pixels, tf.constant(MAX_PIXELS, tf.int64), message=f"image over {MAX_PIXELS} pixels"
+    )
+    return preprocess_image(data.decode_and_resize(image_bytes, image_size))
+
+
+class CaptionModule(tf.Module):
+    """The served model: raw image bytes or tf.Examples in, captions and attention out."""
+
+    def __init__(self, model, tokens: list[str], max_length: int, beam_size: int, vocab_path: str):
+        super().__init__()
+        self.model = model
+        self.vocab = tf.constant(tokens)
+        self.vocab_file = tf.saved_model.Asset(vocab_path)
+        self.max_length = max_length
+        self.beam_size = beam_size
+        self.image_size = model.image_size
+
+    def _caption(self, images: tf.Tensor) -> dict:
+        result = decoding.caption(
+            self.model, self.model.encode(images), self.vocab, self.max_length, self.beam_size
+        )
+        return {key: result[key] for key in ("caption", "log_prob", "tokens", "attention")}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def caption_images(self, image_bytes):
+        images = tf.map_fn(
+            lambda one: checked_decode(one, self.image_size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
+        )
+        return self._caption(images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def caption_examples(self, examples):
+        spec = {records.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
+        return self.caption_images(tf.io.parse_example(examples, spec)[records.IMAGE_ENCODED])
+
+
+def next_version(model_dir: str) -> int:
+    if not tf.io.gfile.isdir(model_dir):
+        return 1
+    versions = [
+        int(name.strip("/"))
+        for name in tf.io.gfile.listdir(model_dir)
+        if re.fullmatch(r"\d+/?", name)
+    ]
+    return max(versions, default=0) + 1
+
+
+def write_models_config(export_dir: str) -> str:
+    """TF Serving's model config listing every model under `export_dir`, as mounted at /models."""
+    entries = []
+    for name in sorted(tf.io.gfile.listdir(export_dir)):
+        name = name.strip("/")
+        if (
+            tf.io.gfile.isdir(os.path.join(export_dir, name))
+            and next_version(os.path.join(export_dir, name)) > 1
+        ):
+            entries.append(
+                "  config {\n"
+                f'    name: "{name}"\n'
+                f'    base_path: "/models/{name}"\n'
+                '    model_platform: "tensorflow"\n'
+                "  }\n"
+            )
+    path = os.path.join(export_dir, "models.config")
+    with tf.io.gfile.GFile(path, "w") as config_file:
+        config_file.write(
+            "# TF Serving --model_config_file; base paths as mounted with "
+            f"-v {os.path.abspath(export_dir)}:/models\n"
+            "model_config_list {\n" + "".join(entries) + "}\n"
+        )
+    return path
+
+
+def export_module(module: CaptionModule, version_dir: str) -> str:
+    tf.saved_model.save(
+        module,
+        version_dir,
+        signatures={
+            "serving_default": module.caption_images,
+            "caption_examples": module.caption_examples,
+        },
+    )
+    return version_dir
+
+
+def export(
+    job_dir: str,
+    export_dir: str,
+    model_name: str = DEFAULT_MODEL_NAME,
+    version: int = 0,
+    beam_size: int = 1,
+) -> str:
+    """Export the latest checkpoint of `job_dir`; returns EXPORT_DIR/MODEL_NAME/VERSION."""
+    model, tokens, config = train.restore(job_dir)
+    model_dir = os.path.join(export_dir, model_name)
+    version = version or next_version(model_dir)
+    version_dir = os.path.join(model_dir, str(version))
+    if tf.io.gfile.exists(version_dir):
+        raise FileExistsError(f"--version={version}: {version_dir} exists; pick another version")
+    vocab_path = os.path.join(config.data_dir, text.VOCAB_FILENAME)
+    module = CaptionModule(model, tokens, config.max_length, beam_size, vocab_path)
+    export_module(module, version_dir)
+    write_models_config(export_dir)
+    return version_dir
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv  # Everything comes from flags.
+    path = export(FLAGS.job_dir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version, FLAGS.beam_size)
+    print(f"exported {path}")
+    print(f"inspect: saved_model_cli show --dir {path} --all")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("job_dir", "jobs/captioner", "Training job dir (checkpoint, config).")
+    flags.DEFINE_string("export_dir", "exports", "Root of the exported models.")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name (a TF Serving model).")
+    flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)
+    flags.DEFINE_integer(
+        "beam_size", 3, "Beam width of the served decoder; 1: greedy.", lower_bound=1
+    )
+    app.run(main)

@@ -1,0 +1,136 @@
+"""Train, evaluate and (optionally) export the captioner: `python -m trainer.task`.
+
+    python -m preprocess.run --runner=DirectRunner          # the sample data set, offline
+    python -m trainer.task --strategy=mirrored --cpu_devices=2 --encoder_weights=none \
+        --image_size=64 --epochs=5 --job_dir=jobs/demo --export_dir=exports
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from absl import app, flags, logging
+
+from preprocess import records
+from trainer import distribute, train
+
+FLAGS = flags.FLAGS
+defaults = train.TrainConfig(data_dir="", job_dir="")
+
+flags.DEFINE_string("data_dir", records.DEFAULT_DATA_DIR, "Output dir of preprocess.run.")
+flags.DEFINE_string("job_dir", "jobs/captioner", "Checkpoints, TensorBoard logs, config.json.")
+flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    list(distribute.STRATEGIES),
+    "tf.distribute strategy; auto: mirrored on >1 GPU, else default.",
+)
+flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "Split the CPU into N logical devices (mirrored without GPUs); 0 leaves it whole.",
+    lower_bound=0,
+)
+flags.DEFINE_enum(
+    "precision",
+    "auto",
+    list(distribute.PRECISIONS),
+    "Dtype policy; auto: mixed_float16 on GPU, float32 on CPU.",
+)
+flags.DEFINE_integer(
+    "epochs",
+    defaults.epochs,
+    "Total passes over the train split (a resumed run continues up to this).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "batch_size", defaults.batch_size, "Global batch, split across replicas.", lower_bound=1
+)
+flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.")
+flags.DEFINE_float("clipnorm", defaults.clipnorm, "Clip the global gradient norm; 0: off.")
+flags.DEFINE_integer(
+    "vocab_size", defaults.vocab_size, "Reserved tokens + most frequent words.", lower_bound=5
+)
+flags.DEFINE_integer(
+    "max_length", defaults.max_length, "Tokens per caption incl. <start>/<end>.", lower_bound=3
+)
+flags.DEFINE_integer("embedding_dim", defaults.embedding_dim, "Word and image feature size.")
+flags.DEFINE_integer("units", defaults.units, "GRU and attention units.")
+flags.DEFINE_integer(
+    "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
+)
+flags.DEFINE_string(
+    "encoder_weights",
+    defaults.encoder_weights,
+    "imagenet | noisy-student | "
+    "none | PATH of an EfficientNetB0 notop .h5 (offline: none or a path).",
+)
+flags.DEFINE_bool(
+    "train_encoder",
+    defaults.train_encoder,
+    "Fine-tune EfficientNet too (reads images every epoch; BatchNorm trains).",
+)
+flags.DEFINE_bool(
+    "cache_features",
+    defaults.cache_features,
+    "Compute the frozen encoder's features once and reuse them every epoch.",
+)
+flags.DEFINE_enum(
+    "caption_sampling",
+    defaults.caption_sampling,
+    ["first", "random", "all"],
+    "Which caption of an example trains: first, one at random, or all.",
+)
+flags.DEFINE_float(
+    "attention_reg",
+    defaults.attention_reg,
+    "Doubly stochastic attention regularisation weight (Show, Attend and Tell); 0: off.",
+    lower_bound=0.0,
+)
+flags.DEFINE_bool("jit_compile", defaults.jit_compile, "XLA-compile the train step.")
+flags.DEFINE_integer("seed", defaults.seed, "Shuffling and initialisation seed.")
+flags.DEFINE_bool(
+    "deterministic",
+    defaults.deterministic,
+    "Deterministic ops (slower): resumed runs then equal uninterrupted ones bit for bit.",
+)
+flags.DEFINE_integer(
+    "checkpoint_every_steps", 0, "Also checkpoint every N steps; 0: per epoch.", lower_bound=0
+)
+flags.DEFINE_integer(
+    "max_steps", 0, "Stop after this many steps in all; 0: no limit.", lower_bound=0
+)
+flags.DEFINE_integer(
+    "sample_captions",
+    defaults.sample_captions,
+    "Validation captions logged each epoch.",
+    lower_bound=0,
+)
+flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after training.")
+flags.DEFINE_integer(
+    "beam_size", 3, "Beam width for evaluation and export; 1: greedy.", lower_bound=1
+)
+flags.DEFINE_string("export_dir", "", "If set, export a SavedModel here after training.")
+
+
+def main(argv):
+    del argv  # Everything comes from flags.
+    names = {field.name for field in dataclasses.fields(train.TrainConfig)}
+    config = train.TrainConfig(**{name: FLAGS[name].value for name in names})
+    metrics = train.train(config)
+    logging.info("training done at step %d", metrics["step"])
+    if FLAGS.evaluate:
+        from trainer import evaluate
+
+        scores = evaluate.evaluate(config.job_dir, beam_size=FLAGS.beam_size)
+        print(json.dumps({"test": scores["metrics"]}), flush=True)
+    if FLAGS.export_dir:
+        from serving import export
+
+        path = export.export(config.job_dir, FLAGS.export_dir, beam_size=FLAGS.beam_size)
+        print(f"exported {path}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
