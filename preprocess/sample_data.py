@@ -130,10 +130,10 @@ def _draw(objects: list[dict], rng: np.random.Generator, width: int, height: int
             draw.rectangle((left, top, right, bottom), fill=color)
         else:
             draw.polygon([(obj["x"], top), (right, bottom), (left, bottom)], fill=color)
-    pixels = np.asarray(image, dtype=np.int16) + rng.normal(0, 8, (height, width, 3)).astype(
-        np.int16
-    )
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    # Uniform integer noise: as good as Gaussian here and several times cheaper to draw.
+    pixels = np.asarray(image, dtype=np.int16)
+    pixels += rng.integers(-14, 15, (height, width, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8))
 
 
 def _phrase(obj: dict, with_size: bool) -> str:

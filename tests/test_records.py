@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import tensorflow as tf
 from PIL import Image
@@ -53,3 +55,42 @@ def test_shard_names_follow_the_template():
         "out/val-00000-of-00002.tfrecord"
     )
     assert records.SHARD_TEMPLATE == "-SSSSS-of-NNNNN"
+
+
+def reference_encoding(jpeg_bytes, filename, height, width, captions) -> tf.train.Example:
+    """The same Example built with TensorFlow's own proto classes."""
+
+    def bytes_feature(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+    def int_feature(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                records.IMAGE_ENCODED: bytes_feature([jpeg_bytes]),
+                records.IMAGE_FILENAME: bytes_feature([filename.encode()]),
+                records.IMAGE_HEIGHT: int_feature(height),
+                records.IMAGE_WIDTH: int_feature(width),
+                records.CAPTION_TEXT: bytes_feature([c.encode() for c in captions]),
+            }
+        )
+    )
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    jpeg_bytes=st.binary(max_size=300),
+    filename=st.text(max_size=40),
+    height=st.integers(-(2**63), 2**63 - 1),
+    width=st.integers(0, 2**40),
+    captions=st.lists(st.text(max_size=200), max_size=6),
+)
+def test_encoding_without_tensorflow_matches_tensorflows(
+    jpeg_bytes, filename, height, width, captions
+):
+    encoded = records.encode_example(jpeg_bytes, filename, height, width, captions)
+    assert tf.train.Example.FromString(encoded) == reference_encoding(
+        jpeg_bytes, filename, height, width, captions
+    )
