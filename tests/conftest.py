@@ -75,3 +75,30 @@ def write_tiny_data(out_dir: str, images_per_split=(24, 6, 6), size: int = 32) -
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
     return write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+def pytest_configure(config):
+    """Two logical CPU devices for the whole session, so mirrored runs beside default."""
+    import tensorflow as tf
+
+    try:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    except RuntimeError:
+        pass  # Already initialised (e.g. by a plugin); mirrored tests then skip.
+
+
+def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0):
+    """A Captioner small enough to build in a second, with random encoder weights."""
+    import keras
+
+    from trainer.model import Captioner
+
+    keras.utils.set_random_seed(seed)
+    model = Captioner(
+        vocab_size, embedding_dim=16, units=32, image_size=image_size, encoder_weights="none"
+    )
+    model.build_all(max_length=6)
+    return model

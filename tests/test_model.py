@@ -1,0 +1,89 @@
+"""The model: shapes, a decoder that carries its state, masked loss, encoder weight errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_model
+
+from preprocess import text
+from trainer import model as model_lib
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+def random_features(batch=3, locations=1, seed=1):
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.normal(size=(batch, locations, model_lib.CNN_CHANNELS)), tf.float32)
+
+
+def test_teacher_forced_shapes_and_float32_logits(model):
+    images = tf.zeros([2, 32, 32, 3])
+    input_ids = tf.constant([[2, 4, 5, 0, 0], [2, 6, 7, 8, 0]])
+    logits, attention = model({"image": images, "input_ids": input_ids})
+    assert logits.shape == (2, 5, 12) and logits.dtype == tf.float32
+    assert attention.shape == (2, 5, model_lib.num_locations(32))
+    np.testing.assert_allclose(attention.numpy().sum(-1), 1.0, rtol=1e-5)
+
+
+def test_encoder_output_is_locations_by_1280(model):
+    assert model.encode(tf.zeros([2, 32, 32, 3])).shape == (2, 1, 1280)
+    assert model_lib.num_locations(224) == 49 and model_lib.num_locations(64) == 4
+
+
+def test_decoder_state_is_carried_from_step_to_step(model):
+    features = random_features()
+    ids = tf.constant([[2, 4, 5, 6, 7]] * 3)
+    changed = tf.constant([[2, 9, 5, 6, 7]] * 3)  # Only the token at step 1 differs.
+    logits, _ = model({"cnn_features": features, "input_ids": ids})
+    logits_changed, _ = model({"cnn_features": features, "input_ids": changed})
+    np.testing.assert_allclose(logits[:, 0], logits_changed[:, 0])  # Before the change: same.
+    # Steps 2..4 see identical tokens; they differ only through the GRU state.
+    assert np.abs(logits[:, 4] - logits_changed[:, 4]).max() > 1e-4
+
+
+def test_pad_targets_contribute_nothing_to_the_loss(model):
+    features = random_features()
+    ids = tf.constant([[2, 4, 5, 0, 0]] * 3)
+    logits, attention = model({"cnn_features": features, "input_ids": ids})
+    targets = tf.constant([[4, 5, 3, 0, 0]] * 3)
+    loss, tokens, _ = model_lib.masked_loss_sum(targets, logits)
+    padded_changed = tf.constant([[4, 5, 3, 0, 0]] * 3)
+    # A later input token at a padded position cannot change earlier logits either.
+    logits_other, _ = model(
+        {"cnn_features": features, "input_ids": tf.constant([[2, 4, 5, 7, 8]] * 3)}
+    )
+    loss_other_inputs, _, _ = model_lib.masked_loss_sum(padded_changed, logits_other)
+    assert tokens.numpy() == 9
+    np.testing.assert_allclose(loss.numpy(), loss_other_inputs.numpy(), rtol=1e-6)
+    # And the loss changes when a real (non-pad) target changes.
+    other_target, _, _ = model_lib.masked_loss_sum(tf.constant([[4, 6, 3, 0, 0]] * 3), logits)
+    assert abs(other_target.numpy() - loss.numpy()) > 1e-4
+
+
+def test_attention_regularisation_adds_a_positive_penalty(model):
+    features = random_features(locations=4)
+    ids = tf.constant([[2, 4, 5, 0, 0]] * 3)
+    targets = tf.constant([[4, 5, 3, 0, 0]] * 3)
+    logits, attention = model({"cnn_features": features, "input_ids": ids})
+    plain, _, _ = model_lib.masked_loss_sum(targets, logits, attention, 0.0)
+    regularised, _, _ = model_lib.masked_loss_sum(targets, logits, attention, 1.0)
+    assert regularised.numpy() > plain.numpy()
+
+
+def test_preprocess_image_matches_torch_style_normalisation():
+    pixel = tf.constant([[[255, 0, 128]]], tf.uint8)
+    expected = (np.array([1.0, 0.0, 128 / 255]) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(model_lib.preprocess_image(pixel)[0, 0], expected, rtol=1e-5)
+
+
+def test_unavailable_encoder_weights_name_the_offline_fix(tmp_path):
+    missing = tmp_path / "no_such_weights.h5"
+    with pytest.raises(RuntimeError, match="--encoder_weights=none"):
+        model_lib.build_cnn(str(missing), 32)
+
+
+def test_reserved_ids_match_text_module():
+    assert (text.PAD_ID, text.START_ID, text.END_ID) == (0, 2, 3)
