@@ -12,6 +12,7 @@ Unknown flags go to Beam untouched (--runner, --direct_num_workers, --setup_file
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -110,6 +111,13 @@ def _output_names(output_dir: str) -> list[str]:
     return [metadata.path for metadata in matched]
 
 
+def _is_output_name(name: str) -> bool:
+    """Whether `name` is a file this job writes (other files in --output_dir are kept)."""
+    patterns = [f"{split}-*-of-*{records.SHARD_SUFFIX}" for split in records.SPLITS]
+    patterns += [f"{records.REJECTS_PREFIX}*.jsonl", records.MANIFEST_FILENAME, text.VOCAB_FILENAME]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
 def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     existing = _output_names(output_dir)
     if existing and not overwrite:
@@ -117,12 +125,7 @@ def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
             f"--output_dir={output_dir}: not empty ({len(existing)} entries); pass --overwrite "
             "to replace its outputs or choose another --output_dir"
         )
-    ours = [
-        path
-        for path in existing
-        if os.path.basename(path).startswith(records.SPLITS + (records.REJECTS_PREFIX,))
-        or os.path.basename(path) in (records.MANIFEST_FILENAME, text.VOCAB_FILENAME)
-    ]
+    ours = [path for path in existing if _is_output_name(os.path.basename(path.rstrip("/")))]
     if ours:
         # Stale shards of another shard count would otherwise match the split patterns.
         FileSystems.delete(ours)
@@ -165,7 +168,8 @@ def run(argv: list[str] | None = None) -> dict:
     elif known_args.images_dir is None or known_args.captions_file is None:
         missing = "--images_dir" if known_args.images_dir is None else "--captions_file"
         raise ValueError(
-            f"{missing}: missing; pass both --images_dir and --captions_file, or neither to use the sample"
+            f"{missing}: missing; pass both --images_dir and --captions_file, "
+            "or neither to use the sample data set"
         )
     else:
         images_dir, captions_file = known_args.images_dir, known_args.captions_file

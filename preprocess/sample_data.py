@@ -3,7 +3,8 @@
     python -m preprocess.sample_data --output_dir=data/sample --num_images=1000 --seed=0
 
 Writes `flickr30k_images/*.jpg`, `results.csv` (the Kaggle header and five captions per image)
-and `scenes.json` (each image's objects), so every command runs offline on data whose captions
+and `scenes.json`: filename → {"objects": [{"shape", "color", "size", "x", "y", "radius", "gap"}]}
+with the centre and half-extent in pixels and the clear gap a relation needs, so every command runs offline on data whose captions
 can be checked: `caption_is_true` parses a caption with the same small grammar that wrote it.
 
 Grammar (normalised form):
@@ -61,7 +62,7 @@ def _half_extent(size: str, width: int, height: int) -> int:
 
 
 def _bounds(obj: dict) -> tuple[int, int, int, int]:
-    radius = obj["radius"]
+    radius = obj.get("radius", 0)  # Without extents, relations compare centres.
     return obj["x"] - radius, obj["y"] - radius, obj["x"] + radius, obj["y"] + radius
 
 

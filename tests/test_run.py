@@ -40,13 +40,13 @@ def test_run_returns_the_manifest_it_wrote(sample, tmp_path):
 
 
 def test_non_empty_output_dir_is_refused_without_overwrite(sample, tmp_path):
-    (tmp_path / "keep.txt").write_text("mine")
+    (tmp_path / "train_notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=f"--output_dir={tmp_path}.*--overwrite"):
         run.run(input_flags(sample) + [f"--output_dir={tmp_path}"])
     stale = tmp_path / "train-00000-of-00009.tfrecord"
     stale.write_text("from an older run")
     manifest = run.run(input_flags(sample) + [f"--output_dir={tmp_path}", "--overwrite"])
-    assert not stale.exists() and (tmp_path / "keep.txt").exists()
+    assert not stale.exists() and (tmp_path / "train_notes.txt").exists()
     assert manifest["splits"]["train"]["files"] == ["train-00000-of-00001.tfrecord"]
 
 
