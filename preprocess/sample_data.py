@@ -4,8 +4,9 @@
 
 Writes `flickr30k_images/*.jpg`, `results.csv` (the Kaggle header and five captions per image)
 and `scenes.json`: filename → {"objects": [{"shape", "color", "size", "x", "y", "radius", "gap"}]}
-with the centre and half-extent in pixels and the clear gap a relation needs, so every command runs offline on data whose captions
-can be checked: `caption_is_true` parses a caption with the same small grammar that wrote it.
+(centre and half-extent in pixels, and the clear gap a relation needs). Every command runs
+offline on it, and captions can be checked: `caption_is_true` parses a caption with the same
+small grammar that wrote it.
 
 Grammar (normalised form):
     caption  := clause ("and" clause)*
