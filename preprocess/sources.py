@@ -98,8 +98,13 @@ class ReadLineRange(beam.DoFn):
         with FileSystems.open(path) as caption_file:
             caption_file.seek(start)
             data = caption_file.read(end - start)
-        for offset, line in enumerate(data.decode("utf-8", errors="replace").splitlines()):
-            yield line_number + offset, line
+        # Split on "\n" only, as line_ranges counts: str.splitlines would also break a caption
+        # at characters such as U+2028 and shift every later line number.
+        lines = data.decode("utf-8", errors="replace").split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        for offset, line in enumerate(lines):
+            yield line_number + offset, line.removesuffix("\r")
 
 
 def _caption_reject_reason(caption: str) -> str | None:

@@ -103,6 +103,16 @@ def test_line_ranges_cover_every_line_once_with_its_number(tmp_path):
     assert lines == [(number, f"line {number}") for number in range(1, 101)]
 
 
+def test_line_numbers_count_newlines_only(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_bytes("a.jpg| 0| One\u2028caption .\r\nb.jpg| 0| Two .".encode())
+    [line_range] = sources.line_ranges(str(path))
+    assert list(sources.ReadLineRange().process(line_range)) == [
+        (1, "a.jpg| 0| One\u2028caption ."),
+        (2, "b.jpg| 0| Two ."),
+    ]
+
+
 def test_kaggle_file_reads_in_parallel_with_rejects_tagged(tmp_path):
     path = tmp_path / "results.csv"
     path.write_text(KAGGLE)
