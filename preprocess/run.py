@@ -16,6 +16,7 @@ import fnmatch
 import json
 import logging
 import os
+import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -160,9 +161,14 @@ def log_summary(manifest: dict, output_dir: str) -> None:
     )
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Runs the job and returns its manifest."""
+def make_config(argv: list[str] | None = None) -> tuple[pipeline.PreprocessConfig, list[str]]:
+    """The job's config from our flags, and the remaining flags for Beam; checks inputs early."""
     known_args, pipeline_args = make_parser().parse_known_args(argv)
+    for flag in ("image_size", "num_shards"):
+        if getattr(known_args, flag) < 0:
+            raise ValueError(f"--{flag}={getattr(known_args, flag)}: pass 0 or more")
+    if known_args.sample_images < 1:
+        raise ValueError(f"--sample_images={known_args.sample_images}: pass 1 or more")
     if known_args.images_dir is None and known_args.captions_file is None:
         images_dir, captions_file = _default_inputs(known_args)
     elif known_args.images_dir is None or known_args.captions_file is None:
@@ -177,15 +183,14 @@ def run(argv: list[str] | None = None) -> dict:
     fmt = known_args.format
     if fmt == "auto":
         fmt = sources.detect_format(captions_file)
-    output_dir = known_args.output_dir
-    _prepare_output_dir(output_dir, known_args.overwrite)
+    _prepare_output_dir(known_args.output_dir, known_args.overwrite)
 
-    flags = {key: value for key, value in sorted(vars(known_args).items())}
+    flags = dict(sorted(vars(known_args).items()))
     flags["split_fractions"] = list(known_args.split_fractions)
     config = pipeline.PreprocessConfig(
         captions_file=captions_file,
         images_dir=images_dir,
-        output_dir=output_dir,
+        output_dir=known_args.output_dir,
         fmt=fmt,
         image_size=known_args.image_size,
         captions=known_args.captions,
@@ -193,16 +198,40 @@ def run(argv: list[str] | None = None) -> dict:
         num_shards=known_args.num_shards,
         flags=flags,
     )
-    logging.info("Preprocessing %s (%s) with images from %s", captions_file, fmt, images_dir)
+    return config, pipeline_args
+
+
+def execute(config: pipeline.PreprocessConfig, pipeline_args: list[str]) -> dict:
+    """Runs the job for `config` and returns its manifest."""
+    logging.info(
+        "Preprocessing %s (%s) with images from %s",
+        config.captions_file,
+        config.fmt,
+        config.images_dir,
+    )
     with beam.Pipeline(options=PipelineOptions(pipeline_args)) as beam_pipeline:
         pipeline.build(beam_pipeline, config)
-    manifest_path = FileSystems.join(output_dir, records.MANIFEST_FILENAME)
+    manifest_path = FileSystems.join(config.output_dir, records.MANIFEST_FILENAME)
     with FileSystems.open(manifest_path) as manifest_file:
         manifest = json.load(manifest_file)
-    log_summary(manifest, output_dir)
+    log_summary(manifest, config.output_dir)
     return manifest
 
 
-if __name__ == "__main__":
+def run(argv: list[str] | None = None) -> dict:
+    """Runs the job from command-line flags and returns its manifest."""
+    return execute(*make_config(argv))
+
+
+def main() -> None:
     logging.getLogger().setLevel(logging.INFO)
-    run()
+    try:
+        config, pipeline_args = make_config()
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        # Flag and input problems: the message names the flag and the fix; no traceback.
+        sys.exit(f"preprocess.run: error: {error}")
+    execute(config, pipeline_args)
+
+
+if __name__ == "__main__":
+    main()

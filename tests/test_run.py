@@ -91,3 +91,16 @@ def test_command_line_passes_beam_options_through(sample, tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Manifest:" in result.stderr and "train:" in result.stderr
+
+
+def test_command_line_error_is_one_line_naming_the_flag(tmp_path):
+    (tmp_path / "x").write_text("")
+    command = [sys.executable, "-m", "preprocess.run", f"--output_dir={tmp_path}"]
+    command += ["--images_dir=photos", f"--captions_file={tmp_path / 'x'}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "preprocess.run: error: --images_dir=photos: not found; run python -m "
+        "preprocess.sample_data or pass the Flickr30k folder"
+    )
+    assert "Traceback" not in result.stderr
