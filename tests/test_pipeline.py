@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from preprocess import pipeline, records, text
+from preprocess import pipeline, records, sources, text
+from preprocess.sources import CaptionRow
 
 GOOD_IMAGES = 16
 CAPTIONS_PER_IMAGE = 3
@@ -293,3 +296,58 @@ def test_output_is_the_same_across_runs_and_worker_counts(raw_dir, first_run, tm
     )
     assert manifest == first_manifest
     assert split_contents(str(tmp_path)) == split_contents(first_dir)
+
+
+def test_load_image_rejects_every_row_of_a_refused_image(tmp_path):
+    rows = [CaptionRow(7, "A dog ."), CaptionRow(3, "A cat .")]
+    with test_pipeline.TestPipeline() as beam_pipeline:
+        loaded = (
+            beam_pipeline
+            | beam.Create([("absent.jpg", rows)])
+            | beam.ParDo(pipeline.LoadImage(str(tmp_path), 32)).with_outputs(
+                sources.REJECTS, main="images"
+            )
+        )
+        assert_that(loaded.images, equal_to([]), label="NoImages")
+        assert_that(
+            loaded.rejects,
+            equal_to(
+                [
+                    sources.reject(3, "absent.jpg", records.REASON_IMAGE_MISSING),
+                    sources.reject(7, "absent.jpg", records.REASON_IMAGE_MISSING),
+                ]
+            ),
+            label="OneRejectPerRow",
+        )
+
+
+@pytest.mark.parametrize(
+    "given_split, captions, kept, dropped",
+    [
+        ("train", "first", ["first one"], 1),
+        ("train", "all", ["first one", "second one"], 0),
+        ("val", "first", ["first one", "second one"], 0),
+        ("test", "first", ["first one", "second one"], 0),
+    ],
+)
+def test_train_keeps_first_caption_unless_all_and_val_test_keep_all(
+    given_split, captions, kept, dropped
+):
+    image = {
+        "filename": "a.jpg",
+        "jpeg": b"",
+        "height": 1,
+        "width": 1,
+        "rows": [
+            CaptionRow(1, "First one.", given_split),
+            CaptionRow(2, "Second, one!", given_split),
+        ],
+    }
+    with test_pipeline.TestPipeline() as beam_pipeline:
+        examples = (
+            beam_pipeline
+            | beam.Create([image])
+            | beam.ParDo(pipeline.AssignSplitAndCaptions((0.8, 0.1, 0.1), captions))
+            | beam.Map(lambda e: (e["split"], e["captions"], e["captions_dropped"]))
+        )
+        assert_that(examples, equal_to([(given_split, kept, dropped)]))
