@@ -8,7 +8,7 @@ import posixpath
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from preprocess import records
 
@@ -120,8 +120,12 @@ def load_image(
             image = to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(records.REASON_IMAGE_TOO_LARGE, f"{name}: {error}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageRejected(records.REASON_IMAGE_UNREADABLE, f"{name}: {error}") from error
+    except ImageRejected:
+        raise
+    except Exception as error:
+        # Hostile or broken files make Pillow's decoders and EXIF parsing raise many types
+        # (OSError, SyntaxError, struct.error, ...); every one of them means unreadable.
+        raise ImageRejected(records.REASON_IMAGE_UNREADABLE, f"{name}: {error!r}") from error
     if image_size > 0:
         image = image.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     output = io.BytesIO()
