@@ -100,7 +100,10 @@ class ReadLineRange(beam.DoFn):
             data = caption_file.read(end - start)
         # Split on "\n" only, as line_ranges counts: str.splitlines would also break a caption
         # at characters such as U+2028 and shift every later line number.
-        lines = data.decode("utf-8", errors="replace").split("\n")
+        decoded = data.decode("utf-8", errors="replace")
+        if start == 0:
+            decoded = decoded.removeprefix("\ufeff")  # A byte-order mark is not part of row 1.
+        lines = decoded.split("\n")
         if lines and not lines[-1]:
             lines.pop()
         for offset, line in enumerate(lines):

@@ -105,7 +105,7 @@ def test_line_ranges_cover_every_line_once_with_its_number(tmp_path):
 
 def test_line_numbers_count_newlines_only(tmp_path):
     path = tmp_path / "results.csv"
-    path.write_bytes("a.jpg| 0| One\u2028caption .\r\nb.jpg| 0| Two .".encode())
+    path.write_bytes("\ufeffa.jpg| 0| One\u2028caption .\r\nb.jpg| 0| Two .".encode())
     [line_range] = sources.line_ranges(str(path))
     assert list(sources.ReadLineRange().process(line_range)) == [
         (1, "a.jpg| 0| One\u2028caption ."),
