@@ -68,7 +68,12 @@ class CaptionModule(tf.Module):
 
     def __init__(self, model, tokens: list[str], max_length: int, beam_size: int, vocab_path: str):
         super().__init__()
-        self.model = model
+        # Track the tf.Variables under Keras 3's wrappers, not the Keras objects: tracking the
+        # Keras model leaves TF Serving's C++ loader (and saved_model_cli run) unable to find
+        # the variables (keras-team/keras#20095), and tracking both stores every weight twice
+        # (keras-team/keras#23553). The model itself is held outside tf.Module's tracking.
+        self.__dict__["model"] = model
+        self.model_variables = [variable.value for variable in model.weights]
         self.vocab = tf.constant(tokens)
         self.vocab_file = tf.saved_model.Asset(vocab_path)
         self.max_length = max_length

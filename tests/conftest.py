@@ -102,3 +102,29 @@ def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0):
     )
     model.build_all(max_length=6)
     return model
+
+
+@pytest.fixture(scope="session")
+def trained_job(tiny_data, tmp_path_factory) -> str:
+    """A job dir trained for a few epochs on the tiny data set (checkpoint + config.json)."""
+    from trainer import train
+
+    job_dir = str(tmp_path_factory.mktemp("trained_job"))
+    config = train.TrainConfig(
+        data_dir=tiny_data,
+        job_dir=job_dir,
+        strategy="default",
+        precision="float32",
+        epochs=8,
+        batch_size=8,
+        learning_rate=1e-2,
+        vocab_size=50,
+        max_length=8,
+        embedding_dim=16,
+        units=32,
+        image_size=32,
+        encoder_weights="none",
+        sample_captions=0,
+    )
+    train.train(config)
+    return job_dir

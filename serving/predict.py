@@ -1,0 +1,177 @@
+"""Caption image files with an exported SavedModel: `python -m serving.predict`.
+
+    python -m serving.predict --model_dir=exports/captioner photos/ extra/*.jpg \
+        --output=captions.jsonl --attention_plot=plots/
+
+Prints one JSON line per image (or writes them to --output); with --attention_plot, saves a
+figure per image: the image, then one panel per word with its attention over the image.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def resolve_model_dir(model_dir: str) -> str:
+    """A version dir as given, or the highest numbered version under a model dir."""
+    if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+        return model_dir
+    if tf.io.gfile.isdir(model_dir):
+        versions = [name.strip("/") for name in tf.io.gfile.listdir(model_dir)]
+        versions = sorted((int(v) for v in versions if re.fullmatch(r"\d+", v)), reverse=True)
+        if versions:
+            return os.path.join(model_dir, str(versions[0]))
+    raise FileNotFoundError(
+        f"--model_dir={model_dir}: no SavedModel (saved_model.pb) here or in a numbered version "
+        "dir; export one with python -m serving.export"
+    )
+
+
+def expand_images(patterns: list[str]) -> list[str]:
+    """Files, folders (their images) and globs → a sorted list of image paths."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            paths += [
+                os.path.join(pattern, name)
+                for name in sorted(os.listdir(pattern))
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        elif os.path.exists(pattern):
+            paths.append(pattern)
+        else:
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise FileNotFoundError(f"{pattern}: no such image, folder or matching files")
+            paths += matches
+    return paths
+
+
+def caption_files(model_dir: str, paths: list[str], batch_size: int = 16):
+    """Yield (path, result dict) per image; unreadable images yield an "error" instead."""
+    import keras
+
+    serve = tf.saved_model.load(resolve_model_dir(model_dir)).signatures["serving_default"]
+    progress = keras.utils.Progbar(len(paths), unit_name="image")
+    for start in range(0, len(paths), batch_size):
+        batch_paths = paths[start : start + batch_size]
+        contents = [open(path, "rb").read() for path in batch_paths]
+        try:
+            outputs = serve(image_bytes=tf.constant(contents))
+            for index, path in enumerate(batch_paths):
+                yield path, {key: value[index].numpy() for key, value in outputs.items()}
+        except tf.errors.InvalidArgumentError:
+            # One bad file must not cost the batch its captions: retry one by one.
+            for path, content in zip(batch_paths, contents):
+                try:
+                    outputs = serve(image_bytes=tf.constant([content]))
+                    yield path, {key: value[0].numpy() for key, value in outputs.items()}
+                except tf.errors.InvalidArgumentError as error:
+                    yield path, {"error": error.message.splitlines()[0]}
+        progress.update(min(start + batch_size, len(paths)))
+
+
+def plot_attention(path: str, result: dict, out_path: str) -> None:
+    """The image, then one panel per generated word with its attention map over the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    image = np.asarray(Image.open(path).convert("RGB"))
+    words = [token.decode() for token in result["tokens"] if token]
+    attention = result["attention"][: len(words)]
+    side = int(math.isqrt(attention.shape[-1]))
+    columns = min(len(words) + 1, 5)
+    rows = math.ceil((len(words) + 1) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title(result["caption"].decode(), fontsize=8)
+    extent = (0, image.shape[1], image.shape[0], 0)
+    for axis, word, weights in zip(axes.flat[1:], words, attention):
+        axis.imshow(image, extent=extent)
+        axis.imshow(
+            weights.reshape(side, side),
+            cmap="gray",
+            alpha=0.6,
+            extent=extent,
+            interpolation="bilinear",
+        )
+        axis.set_title(word)
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=80)
+    plt.close(figure)
+
+
+def predict(
+    model_dir: str,
+    patterns: list[str],
+    output: str = "",
+    attention_plot: str = "",
+    batch_size: int = 16,
+) -> list[dict]:
+    paths = expand_images(patterns)
+    if attention_plot:
+        os.makedirs(attention_plot, exist_ok=True)
+    lines = []
+    for path, result in caption_files(model_dir, paths, batch_size):
+        if "error" in result:
+            line = {"image": path, "error": result["error"]}
+        else:
+            line = {
+                "image": path,
+                "caption": result["caption"].decode(),
+                "log_prob": float(result["log_prob"]),
+            }
+            if attention_plot:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                plot_path = os.path.join(attention_plot, f"{stem}.png")
+                plot_attention(path, result, plot_path)
+                line["attention_plot"] = plot_path
+        lines.append(line)
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if output:
+        with open(output, "w") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return lines
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    images = argv[1:]
+    if not images:
+        raise app.UsageError("name at least one image, folder or glob after the flags")
+    lines = predict(FLAGS.model_dir, images, FLAGS.output, FLAGS.attention_plot, FLAGS.batch_size)
+    failed = sum("error" in line for line in lines)
+    if failed:
+        print(f"{failed} of {len(lines)} images could not be captioned", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string(
+        "model_dir",
+        "exports/captioner",
+        "Exported model: a version dir, or the model dir (its highest version is used).",
+    )
+    flags.DEFINE_string("output", "", "Write JSON lines here instead of stdout.")
+    flags.DEFINE_string("attention_plot", "", "Save one attention figure per image here.")
+    flags.DEFINE_integer("batch_size", 16, "Images per request.", lower_bound=1)
+    app.run(main)

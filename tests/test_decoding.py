@@ -1,0 +1,93 @@
+"""Graph decoding: beam 1 is greedy, beam search beats greedy where greedy is myopic."""
+
+import numpy as np
+import tensorflow as tf
+from conftest import small_model
+
+from preprocess import text
+from trainer import decoding
+
+VOCAB = tf.constant(list(text.RESERVED_TOKENS) + ["a", "b", "c"])  # ids 4, 5, 6
+
+
+def markov_step(transitions: np.ndarray):
+    """A decoder whose next-token distribution depends only on the previous token."""
+    log_table = tf.constant(np.log(np.maximum(transitions, 1e-12)), tf.float32)
+
+    def step_fn(token_ids, state):
+        return tf.gather(log_table, token_ids), state, tf.ones([tf.shape(token_ids)[0], 1])
+
+    return step_fn
+
+
+def myopic_chain() -> np.ndarray:
+    table = np.full((7, 7), 1e-12)
+    table[text.START_ID, [4, 5]] = [0.6, 0.4]  # Greedy takes "a" ...
+    table[4, [4, 5, 6, text.END_ID]] = [0.25, 0.25, 0.25, 0.25]  # ... which then spreads out;
+    table[5, text.END_ID] = 1.0  # "b <end>" has probability 0.4 > 0.6 × 0.25.
+    table[6, text.END_ID] = 1.0
+    return table / table.sum(1, keepdims=True)
+
+
+def run(step_fn, beam_size, batch=2, steps=4):
+    return decoding.beam_decode(
+        step_fn, tf.zeros([batch * beam_size, 1]), batch, steps, beam_size, 1, length_alpha=0.0
+    )
+
+
+def test_beam_search_finds_a_higher_scoring_caption_than_greedy():
+    step_fn = markov_step(myopic_chain())
+    greedy = run(step_fn, beam_size=1)
+    beam = run(step_fn, beam_size=3)
+    assert greedy["token_ids"][0, 0] == 4
+    assert list(beam["token_ids"][0, :2].numpy()) == [5, text.END_ID]
+    assert np.all(beam["log_prob"].numpy() > greedy["log_prob"].numpy())
+    np.testing.assert_allclose(beam["log_prob"].numpy(), np.log(0.4), rtol=1e-5)
+
+
+def test_ids_to_text_stops_at_end_and_drops_padding():
+    ids = tf.constant([[4, 5, text.END_ID, 0], [6, text.END_ID, 4, 0]])
+    tokens, captions = decoding.ids_to_text(ids, VOCAB)
+    assert [c.decode() for c in captions.numpy()] == ["a b", "c"]
+    assert [t.decode() for t in tokens[1].numpy()] == ["c", "<end>", "", ""]
+
+
+def eager_greedy(model, cnn_features, max_steps):
+    """The original's way: one image, one Python step at a time, eagerly."""
+    features, keys = model.prepare(cnn_features)
+    state = model.initial_state(1)
+    token, ids = tf.constant([text.START_ID]), []
+    for _ in range(max_steps):
+        state, _ = model.step(model.gates_for_tokens(token), state, features, keys)
+        log_probs = tf.nn.log_softmax(model.logits(state))[0].numpy()
+        log_probs[[text.PAD_ID, text.START_ID]] = -np.inf
+        next_id = int(np.argmax(log_probs))
+        ids.append(next_id)
+        if next_id == text.END_ID:
+            break
+        token = tf.constant([next_id])
+    return ids
+
+
+def test_beam_of_one_equals_greedy_and_an_eager_step_by_step_loop():
+    model = small_model(vocab_size=7)
+    rng = np.random.default_rng(0)
+    cnn_features = tf.constant(rng.normal(size=(3, 1, 1280)) * 3, tf.float32)
+    greedy = decoding.greedy(model, cnn_features, VOCAB, max_length=6)
+    beam_one = decoding.caption(model, cnn_features, VOCAB, max_length=6, beam_size=1)
+    np.testing.assert_array_equal(greedy["token_ids"], beam_one["token_ids"])
+    for row in range(3):
+        expected = eager_greedy(model, cnn_features[row : row + 1], 5)
+        assert list(greedy["token_ids"][row, : len(expected)].numpy()) == expected
+    assert greedy["attention"].shape == (3, 5, 1)
+    assert greedy["tokens"].shape == (3, 5)
+
+
+def test_beam_search_runs_batched_with_wider_beams():
+    model = small_model(vocab_size=7)
+    cnn_features = tf.random.stateless_normal([4, 1, 1280], seed=[1, 2])
+    result = decoding.caption(model, cnn_features, VOCAB, max_length=6, beam_size=4)
+    assert result["caption"].shape == (4,)
+    greedy = decoding.greedy(model, cnn_features, VOCAB, max_length=6)
+    # Length-normalised beam scores are at least greedy's (greedy's caption is among beams').
+    assert np.all(result["score"].numpy() >= greedy["score"].numpy() - 1e-5)

@@ -1,0 +1,146 @@
+"""The SavedModel: loads in a fresh process, equal captions, signatures, bad bytes, TF Serving."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from preprocess import records
+from serving import export
+from trainer import evaluate
+
+FRESH_PROCESS = """
+import json, sys
+import tensorflow as tf  # Nothing of the project: the SavedModel must stand alone.
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+images = [open(path, "rb").read() for path in sys.argv[2:]]
+out = serve(image_bytes=tf.constant(images))
+print(json.dumps([c.decode() for c in out["caption"].numpy()]))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(trained_job, tmp_path_factory):
+    export_dir = str(tmp_path_factory.mktemp("exports"))
+    return export.export(trained_job, export_dir, beam_size=1)
+
+
+@pytest.fixture(scope="module")
+def test_images(tiny_data, tmp_path_factory):
+    """The test split's images as files, with their in-record bytes."""
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for record in tf.data.TFRecordDataset(tf.io.gfile.glob(f"{tiny_data}/test-*")):
+        example = records.decode_example(record.numpy())
+        path = folder / example[records.IMAGE_FILENAME]
+        path.write_bytes(example[records.IMAGE_ENCODED])
+        paths.append(str(path))
+    return paths
+
+
+def test_export_layout_assets_and_models_config(exported):
+    assert exported.endswith(os.path.join("captioner", "1"))
+    assert os.path.exists(os.path.join(exported, "saved_model.pb"))
+    assert open(os.path.join(exported, "assets", "vocab.txt")).read().startswith("a\t")
+    config = open(os.path.join(os.path.dirname(os.path.dirname(exported)), "models.config")).read()
+    assert 'name: "captioner"' in config and 'base_path: "/models/captioner"' in config
+    assert export.next_version(os.path.dirname(exported)) == 2
+
+
+def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_job, test_images):
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, exported, *test_images],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    evaluated = {
+        row["image"]: row["caption"]
+        for row in evaluate.evaluate(trained_job, split="test", beam_size=1)["rows"]
+    }
+    assert served == [evaluated[os.path.basename(path)] for path in test_images]
+    assert any(served)
+
+
+def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, test_images):
+    loaded = tf.saved_model.load(exported)
+    assert set(loaded.signatures) == {"serving_default", "caption_examples"}
+    serve = loaded.signatures["serving_default"]
+    (spec,) = serve.structured_input_signature[1].values()
+    assert spec.name == "image_bytes" and spec.dtype == tf.string
+    images = [open(path, "rb").read() for path in test_images[:3]]
+    out = serve(image_bytes=tf.constant(images))
+    assert out["caption"].shape == (3,) and out["caption"].dtype == tf.string
+    assert out["log_prob"].shape == (3,) and out["log_prob"].dtype == tf.float32
+    assert out["tokens"].shape == (3, 7) and out["tokens"].dtype == tf.string
+    assert out["attention"].shape == (3, 7, 1) and out["attention"].dtype == tf.float32
+    examples = [records.encode_example(image, "x.jpg", 32, 32, []) for image in images]
+    by_example = loaded.signatures["caption_examples"](examples=tf.constant(examples))
+    np.testing.assert_array_equal(by_example["caption"], out["caption"])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (b"", "empty"),
+        (b"hello, I am text", "not a JPEG or PNG"),
+        (b"GIF89a" + b"\0" * 20, "not a JPEG or PNG"),
+        (b"BM" + b"\0" * 40, "not a JPEG or PNG"),
+        ("truncated", None),
+        ("huge_png", "pixels"),
+    ],
+)
+def test_bad_bytes_raise_invalid_argument_and_the_next_request_works(
+    exported, test_images, bad, message
+):
+    good = open(test_images[0], "rb").read()
+    if bad == "truncated":
+        bad = good[: len(good) // 2]
+    elif bad == "huge_png":
+        # A PNG header claiming 60,000 × 60,000 pixels: refused before any allocation.
+        bad = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + (60000).to_bytes(4, "big") * 2 + b"\0" * 9
+    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    expected = serve(image_bytes=tf.constant([good]))["caption"].numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(image_bytes=tf.constant([good, bad]))
+    np.testing.assert_array_equal(serve(image_bytes=tf.constant([good]))["caption"], expected)
+
+
+def test_saved_model_holds_no_python_functions(exported):
+    graph = open(os.path.join(exported, "saved_model.pb"), "rb").read()
+    assert b"PyFunc" not in graph and b"EagerPyFunc" not in graph
+
+
+def test_saved_model_cli_shows_and_runs_it(exported, test_images, tmp_path):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run(
+        [cli, "show", "--dir", exported, "--all"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "serving_default" in shown and "image_bytes" in shown and "caption_examples" in shown
+    image = open(test_images[0], "rb").read()
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, np.array([image], dtype=f"S{len(image)}"))
+    ran = subprocess.run(
+        [
+            cli,
+            "run",
+            "--dir",
+            exported,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image_bytes={inputs}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "caption" in ran and "log_prob" in ran
