@@ -16,6 +16,7 @@ setuptools.setup(
         "keras>=3",
         "efficientnet>=1.1",
         "apache-beam>=2.60",
+        "google-crc32c>=1.5",  # WriteToTFRecord needs a CRC library.
         "nltk>=3.8",
         "pandas>=2",
         "numpy>=1.26",

@@ -1,0 +1,67 @@
+"""Scoring: corpus BLEU over every test image against all its references, true-caption share."""
+
+import json
+import os
+
+import pytest
+
+from trainer import evaluate
+
+# NLTK's own corpus_bleu docstring example, with the figure NLTK documents for it.
+HYP1 = (
+    "It is a guide to action which ensures that the military always obeys the commands of the party"
+)
+REF1A = "It is a guide to action that ensures that the military will forever heed Party commands"
+REF1B = (
+    "It is the guiding principle which guarantees the military forces always being under "
+    "the command of the Party"
+)
+REF1C = "It is the practical guide for the army always to heed the directions of the party"
+HYP2 = "he read the book because he was interested in world history"
+REF2A = "he was interested in world history because he read the book"
+
+
+def test_corpus_bleu4_equals_nltks_documented_figure():
+    scores = evaluate.bleu([[REF1A, REF1B, REF1C], [REF2A]], [HYP1, HYP2])
+    assert scores["bleu4"] == pytest.approx(0.5920778868801042, rel=1e-9)
+
+
+def test_identical_caption_scores_one_and_unrelated_scores_near_zero():
+    assert evaluate.bleu(
+        [["a red circle above a blue square"]], ["a red circle above a blue square"]
+    )["bleu4"] == pytest.approx(1.0)
+    assert (
+        evaluate.bleu([["a red circle above a blue square"]], ["two dogs run on grass today"])[
+            "bleu1"
+        ]
+        < 0.05
+    )
+
+
+def test_every_reference_counts_not_just_the_first():
+    one_ref = evaluate.bleu([["a small red circle"]], ["a large red circle"])
+    all_refs = evaluate.bleu([["a small red circle", "a large red circle"]], ["a large red circle"])
+    assert all_refs["bleu4"] > one_ref["bleu4"]
+    assert all_refs["bleu4"] == pytest.approx(1.0)
+
+
+def test_scoring_one_image_repeatedly_is_not_the_corpus_score():
+    """The original's defect: its BLEU scored the first test image over and over."""
+    references = [["a red circle"], ["a blue square above a green triangle"]]
+    hypotheses = ["a red circle", "a red square"]
+    corpus = evaluate.bleu(references, hypotheses)["bleu2"]
+    first_only = evaluate.bleu([references[0]] * 2, [hypotheses[0]] * 2)["bleu2"]
+    assert first_only == pytest.approx(1.0) and corpus < 0.8
+
+
+def test_evaluate_writes_metrics_and_every_caption(trained_job, tmp_path):
+    result = evaluate.evaluate(trained_job, split="test", beam_size=2, output_dir=str(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 6 and metrics["beam_size"] == 2
+    assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
+    lines = (tmp_path / "captions.jsonl").read_text().splitlines()
+    assert len(lines) == 6 == len(result["rows"])
+    row = json.loads(lines[0])
+    assert set(row) == {"image", "caption", "log_prob", "references"}
+    assert len(row["references"]) == 2  # Test examples keep all their captions.
+    assert os.path.basename(row["image"]).startswith("test_")

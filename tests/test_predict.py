@@ -1,0 +1,73 @@
+"""The captioning CLI: folders and globs in, JSON lines and attention figures out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from serving import export, predict
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from conftest import draw
+
+    folder = tmp_path_factory.mktemp("photos")
+    for index, (colour, shape) in enumerate([("red", "square"), ("blue", "circle")]):
+        (folder / f"photo{index}.jpg").write_bytes(draw(colour, shape, 48, index))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_job, tmp_path_factory):
+    export_dir = tmp_path_factory.mktemp("exports")
+    export.export(trained_job, str(export_dir))
+    return str(export_dir / "captioner")
+
+
+def test_cli_captions_a_folder_into_json_lines_with_attention_plots(
+    model_dir, image_folder, tmp_path
+):
+    output, plots = tmp_path / "captions.jsonl", tmp_path / "plots"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving.predict",
+            f"--model_dir={model_dir}",
+            f"--output={output}",
+            f"--attention_plot={plots}",
+            str(image_folder),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [os.path.basename(line["image"]) for line in lines] == ["photo0.jpg", "photo1.jpg"]
+    assert all(isinstance(line["caption"], str) and line["log_prob"] <= 0 for line in lines)
+    assert sorted(os.listdir(plots)) == ["photo0.png", "photo1.png"]
+    assert (plots / "photo0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_bad_file_gets_an_error_line_and_the_others_their_captions(
+    model_dir, image_folder, tmp_path
+):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    lines = predict.predict(
+        model_dir, [str(image_folder / "*.jpg"), str(broken)], output=str(tmp_path / "out.jsonl")
+    )
+    assert [("error" in line) for line in lines] == [False, False, True]
+    assert lines[2]["image"] == str(broken)
+
+
+def test_missing_model_and_images_name_the_problem(model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m serving.export"):
+        predict.resolve_model_dir(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such image"):
+        predict.expand_images([str(tmp_path / "nothing*.jpg")])
+    assert predict.resolve_model_dir(model_dir).endswith("1")
