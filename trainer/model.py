@@ -49,6 +49,35 @@ def build_cnn(weights: str, image_size: int) -> keras.Model:
         ) from error
 
 
+def calibrate_batchnorm(cnn: keras.Model, image_batches) -> int:
+    """Set every BatchNorm's moving statistics to the data's, by forward passes in training mode.
+
+    A randomly initialised EfficientNet (offline: `--encoder_weights=none`) has moving statistics
+    of 0 and 1 that match nothing, so in inference mode its activations shrink layer by layer to
+    ~1e-5 and its features say almost nothing about the image. Averaging the batch statistics
+    over a few batches (a data-dependent initialisation) keeps them at a useful scale. Pretrained
+    weights have their own statistics and are never calibrated.
+    """
+    layers = [
+        layer
+        for layer in cnn._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    momentums = [layer.momentum for layer in layers]
+    trainable, cnn.trainable = cnn.trainable, True  # Frozen BatchNorm ignores training=True.
+    batches = 0
+    try:
+        for batches, images in enumerate(image_batches):
+            for layer in layers:  # A running mean: batch k gets weight 1 / (k + 1).
+                layer.momentum = batches / (batches + 1)
+            cnn(images, training=True)
+        return batches + 1
+    finally:
+        cnn.trainable = trainable
+        for layer, momentum in zip(layers, momentums):
+            layer.momentum = momentum
+
+
 class Captioner(keras.Model):
     """Show, attend and tell with an EfficientNetB0 encoder and a GRU that carries its state."""
 

@@ -136,6 +136,16 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
+def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], batches: int = 8):
+    """Data-dependent BatchNorm statistics for a randomly initialised encoder (see model.py)."""
+    from trainer.model import calibrate_batchnorm
+
+    dataset = data.make_dataset(
+        files, tokenizer, 64, config.image_size, shuffle=True, seed=config.seed
+    )
+    return calibrate_batchnorm(model.cnn, (batch["image"] for batch in dataset.take(batches)))
+
+
 def make_step_functions(
     model: Captioner,
     optimizer: keras.optimizers.Optimizer,
@@ -261,9 +271,13 @@ def train(config: TrainConfig) -> dict:
             record.update(strategy=distribute.describe(strategy), precision=precision)
             json.dump(record, config_file, indent=2, sort_keys=True)
 
+    train_files = data.shard_files(config.data_dir, "train")
+    if not restored_from and config.encoder_weights in ("none", ""):
+        calibrated = calibrate_encoder(model, tokenizer, config, train_files)
+        print(f"calibrated the random encoder's BatchNorm statistics on {calibrated} batches")
+
     # Feature cache: the frozen encoder runs once per image, not once per epoch ---------------
     locations = 0
-    train_files = data.shard_files(config.data_dir, "train")
     if config.cache_features and not config.train_encoder:
         from trainer import cache
 

@@ -1,0 +1,70 @@
+"""The three real commands, as a user runs them, on a tiny sample: preprocess → train → predict."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, (
+        f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
+    # 1. Beam, with its defaults: generates the sample data set and preprocesses it.
+    run(
+        ["preprocess.run", "--runner=DirectRunner", "--sample_images=60", "--image_size=32"],
+        tmp_path,
+    )
+    manifest = json.loads((tmp_path / "data" / "sample_tfrecords" / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["rows_read"] == 300
+    assert counts["rows_read"] == (
+        counts["captions_written"] + counts["captions_dropped"] + counts["rows_rejected"]
+    )
+
+    # 2. Mirrored training on two logical CPUs, then evaluation and export.
+    log = run(
+        [
+            "trainer.task",
+            "--strategy=mirrored",
+            "--cpu_devices=2",
+            "--encoder_weights=none",
+            "--image_size=32",
+            "--epochs=2",
+            "--batch_size=8",
+            "--embedding_dim=16",
+            "--units=32",
+            "--vocab_size=40",
+            "--beam_size=2",
+            "--export_dir=exports",
+            "--job_dir=jobs/e2e",
+        ],
+        tmp_path,
+    )
+    assert "replicas in sync: 2" in log
+    test_line = next(line for line in log.splitlines() if line.startswith('{"test"'))
+    assert 0.0 <= json.loads(test_line)["test"]["bleu4"] <= 1.0
+    assert "true_captions" in json.loads(test_line)["test"]
+    assert os.path.exists(tmp_path / "exports" / "captioner" / "1" / "saved_model.pb")
+    assert os.listdir(tmp_path / "jobs" / "e2e" / "logs" / "train")
+
+    # 3. Caption raw images with the exported model.
+    images = sorted(glob.glob(str(tmp_path / "data" / "sample" / "flickr30k_images" / "*.jpg")))[:3]
+    out = run(["serving.predict", "--model_dir=exports/captioner", *images], tmp_path)
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"image"')]
+    assert [line["image"] for line in lines] == images
+    assert all("caption" in line for line in lines)
