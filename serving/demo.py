@@ -43,7 +43,7 @@ def demo(out_dir: str, images: int, image_size: int, epochs: int, batch_size: in
         sample_data.generate(raw_dir, images, seed=0)
     preprocess_run.run([
         "--runner=DirectRunner", f"--images_dir={images_dir}", f"--captions_file={captions_file}",
-        f"--output_dir={data_dir}", f"--image_size={image_size}", "--overwrite",
+        f"--output_dir={data_dir}", f"--image_size={image_size}", "--captions=all", "--overwrite",
     ])
 
     print("[2/5] training", flush=True)
