@@ -1,0 +1,172 @@
+"""Images/s per core of the trainer's tf.data input from JPEG shards, against bare JPEG decoding.
+
+    python bench/input_pipeline.py [--images 512] [--passes 6] [--train_step_seconds 5]
+
+value: images/s of trainer.data.make_dataset (read shards, parse, decode, resize to 224,
+normalise, tokenise, batch 64; the image path, not cached features; shuffled as in training)
+over `passes` passes of the shards in one dataset, first batches excluded, ÷ os.cpu_count().
+baseline: tf.io.decode_jpeg alone on the same JPEG bytes in a tight single-threaded loop,
+images/s (one core's rate, so already per core): the faster of an eager Python loop and a
+tf.function while_loop with parallel_iterations=1.
+train_step_ratio: the pipeline's total images/s ÷ the captions/s of the trainer's train_step
+(bench/train_step.py's measure_train_step, original sizes, jit_compile on, timed
+`--train_step_seconds` in the same process after the pipeline). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from serving_throughput import draw_jpegs  # noqa: E402
+
+from preprocess import records, text  # noqa: E402
+from trainer import data  # noqa: E402
+
+IMAGE_SIZE = 224
+CAPTIONS_PER_IMAGE = 5
+WORDS = (
+    "a man woman dog child girl boy two people in on the with of and is are red blue green "
+    "white black shirt street water grass ball running sitting standing playing walking near "
+    "front holding small large young group its their at by while through down up over"
+).split()
+
+
+def write_shards(out_dir: str, jpegs: list[bytes], shards: int, seed: int = 0) -> list[str]:
+    """Train shards of the real schema, 5 captions per image, and vocab.txt beside them."""
+    rng = np.random.default_rng(seed)
+    captions = [
+        [" ".join(rng.choice(WORDS, rng.integers(8, 16))) for _ in range(CAPTIONS_PER_IMAGE)]
+        for _ in jpegs
+    ]
+    paths = [
+        os.path.join(out_dir, f"train-{shard:05d}-of-{shards:05d}{records.SHARD_SUFFIX}")
+        for shard in range(shards)
+    ]
+    writers = [tf.io.TFRecordWriter(path) for path in paths]
+    for index, (jpeg, image_captions) in enumerate(zip(jpegs, captions)):
+        record = records.encode_example(
+            jpeg, f"{index}.jpg", IMAGE_SIZE, IMAGE_SIZE, image_captions
+        )
+        writers[index % shards].write(record)
+    for writer in writers:
+        writer.close()
+    counts = text.count_tokens(caption for group in captions for caption in group)
+    with open(os.path.join(out_dir, text.VOCAB_FILENAME), "w") as vocab_file:
+        vocab_file.write(text.format_vocab(counts))
+    return paths
+
+
+def pipeline_rate(
+    files: list[str], tokenizer: data.Tokenizer, batch: int, passes: int, skip: int
+) -> tuple[float, int]:
+    """(images/s, images timed) of make_dataset over `passes` passes, first `skip` batches out."""
+    dataset = data.make_dataset(files * passes, tokenizer, batch, IMAGE_SIZE, shuffle=True)
+    images, started = 0, None
+    for index, element in enumerate(dataset):
+        if index == skip:
+            started = time.perf_counter()
+        elif index > skip:
+            images += int(element["image"].shape[0])
+    return images / (time.perf_counter() - started), images
+
+
+def decode_rates(jpegs: list[bytes], seconds: float) -> dict:
+    """Bare tf.io.decode_jpeg images/s, single-threaded: eager loop and in-graph loop."""
+    tensors = [tf.constant(jpeg) for jpeg in jpegs]
+    for tensor in tensors[:8]:
+        tf.io.decode_jpeg(tensor, channels=3)
+    decoded, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for tensor in tensors:
+            tf.io.decode_jpeg(tensor, channels=3)
+        decoded += len(tensors)
+    eager = decoded / (time.perf_counter() - started)
+
+    stacked = tf.constant(jpegs)
+
+    @tf.function
+    def decode_all(images):
+        def body(index, total):
+            image = tf.io.decode_jpeg(images[index], channels=3)
+            return index + 1, total + tf.shape(image)[0]
+
+        count = tf.shape(images)[0]
+        return tf.while_loop(lambda index, _: index < count, body, (0, 0), parallel_iterations=1)[1]
+
+    decode_all(stacked)
+    decoded, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        decode_all(stacked).numpy()
+        decoded += len(jpegs)
+    graph = decoded / (time.perf_counter() - started)
+    return {"eager": eager, "graph": graph}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512, help="Distinct images in the shards.")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--passes", type=int, default=6, help="Passes over the shards, timed.")
+    parser.add_argument("--skip", type=int, default=2, help="Untimed first batches (start-up).")
+    parser.add_argument("--decode_seconds", type=float, default=5.0, help="Per decode loop.")
+    parser.add_argument(
+        "--train_step_seconds", type=float, default=5.0, help="0: skip train_step_ratio."
+    )
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+
+    jpegs = draw_jpegs(args.images, IMAGE_SIZE)
+    with tempfile.TemporaryDirectory() as work_dir:
+        files = write_shards(work_dir, jpegs, args.shards)
+        tokens = text.read_vocab(os.path.join(work_dir, text.VOCAB_FILENAME), 5000)
+        tokenizer = data.Tokenizer(tokens, 25)
+        pipeline, timed_images = pipeline_rate(files, tokenizer, args.batch, args.passes, args.skip)
+    decode = decode_rates(jpegs, args.decode_seconds)
+    baseline = max(decode.values())
+    value = pipeline / cores
+
+    figures = {
+        "bench": "input_pipeline",
+        "value": round(value, 2),
+        "unit": "images/s per core",
+        "baseline": round(baseline, 2),
+        "ratio": round(value / baseline, 4),
+    }
+    if args.train_step_seconds > 0:
+        from train_step import measure_train_step
+
+        captions_per_s = measure_train_step(seconds=args.train_step_seconds, jit_compile=True)
+        figures["train_step_ratio"] = round(pipeline / captions_per_s, 3)
+        figures["train_step_captions_per_s"] = round(captions_per_s, 2)
+    figures.update(
+        pipeline_images_per_s=round(pipeline, 2),
+        timed_images=timed_images,
+        decode_eager_images_per_s=round(decode["eager"], 2),
+        decode_graph_images_per_s=round(decode["graph"], 2),
+        mean_jpeg_bytes=int(np.mean([len(jpeg) for jpeg in jpegs])),
+        images=args.images,
+        shards=args.shards,
+        batch=args.batch,
+        image_size=IMAGE_SIZE,
+        cores=cores,
+        loadavg_1min=round(os.getloadavg()[0], 2),
+        tensorflow=tf.__version__,
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.WARNING)
+    main()

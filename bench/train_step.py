@@ -1,0 +1,247 @@
+"""Decoder train-step captions/s at the original sizes, against an eager step-by-step loop.
+
+    python bench/train_step.py [--seconds 10] [--batch 64] [--vocab 5000] [--max_length 25]
+
+value: captions/s of the real `train_step` of `trainer.train.make_step_functions` (default
+strategy, float32) on cached EfficientNet features (random float32 [batch, 49, 1280], so the CNN
+is not run), best of jit_compile False and True (both reported).
+baseline: the same Captioner and weights trained by an eager Python loop over the time steps
+(model.step + model.logits per step under a GradientTape, then the optimizer), like the
+original notebook's train step, in the same process.
+roofline: value × 0.81 GFLOP (the train step's dense work per caption at the original sizes)
+÷ the fp32 rate of a 2048³ tf.matmul measured first in the same run.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from preprocess import text  # noqa: E402
+from trainer import train  # noqa: E402
+from trainer.model import CNN_CHANNELS, Captioner, masked_loss_sum  # noqa: E402
+
+FLOP_PER_CAPTION = 0.81e9  # Issue 4: forward ≈ 0.27 GFLOP, backward ≈ 2× forward.
+LOCATIONS = 49  # 224 px / 32 → 7×7.
+
+
+def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
+    """fp32 GFLOP/s of a size³ tf.matmul in a tf.function (warm-up runs excluded)."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+
+    @tf.function
+    def product(x, y):
+        return tf.matmul(x, y)
+
+    for _ in range(3):
+        product(a, b).numpy()
+    runs, started = 0, time.perf_counter()
+    while True:
+        product(a, b).numpy()
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and runs >= 3:
+            break
+    return 2 * size**3 * runs / elapsed / 1e9
+
+
+def random_batch(batch: int, vocab: int, max_length: int, seed: int = 0) -> dict:
+    """Cached-feature batch like trainer.data's: full-length captions, a few padded tails."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(len(text.RESERVED_TOKENS), vocab, size=(batch, max_length), dtype=np.int32)
+    ids[:, 0] = text.START_ID
+    lengths = rng.integers(8, max_length + 1, size=batch)  # <end> position, then <pad>.
+    for row, length in enumerate(lengths):
+        ids[row, length - 1] = text.END_ID
+        ids[row, length:] = text.PAD_ID
+    return {
+        "cnn_features": tf.constant(
+            rng.standard_normal((batch, LOCATIONS, CNN_CHANNELS), dtype=np.float32)
+        ),
+        "input_ids": tf.constant(ids[:, :-1]),
+        "target_ids": tf.constant(ids[:, 1:]),
+    }
+
+
+def build(vocab: int, embedding_dim: int, units: int, max_length: int, seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    model = Captioner(
+        vocab, embedding_dim=embedding_dim, units=units, image_size=224, encoder_weights="none"
+    )
+    model.build_all(max_length)
+    return model
+
+
+def make_optimizer() -> keras.optimizers.Optimizer:
+    """The trainer's own optimizer at its defaults (Adam 1e-3, global clipnorm 5)."""
+    return train.make_optimizer(train.TrainConfig(data_dir="", job_dir=""))
+
+
+def timed(step, seconds: float, min_steps: int = 3) -> tuple[float, int, float]:
+    """(seconds per step, steps timed, last loss) of `step()` run for at least `seconds`."""
+    steps, started = 0, time.perf_counter()
+    while True:
+        loss = float(step())
+        steps += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and steps >= min_steps:
+            return elapsed / steps, steps, loss
+
+
+def graph_step(model, batch: dict, jit_compile: bool):
+    """The trainer's own train_step (default strategy) as a zero-argument callable."""
+    optimizer = make_optimizer()
+    optimizer.build(model.trainable_variables)
+    train_step, _, _ = train.make_step_functions(
+        model,
+        optimizer,
+        tf.distribute.get_strategy(),
+        int(batch["input_ids"].shape[0]),
+        0.0,
+        jit_compile,
+    )
+    return lambda: train_step(batch)[0]
+
+
+def eager_loss(model, batch: dict) -> tf.Tensor:
+    """Loss per token by a Python loop over time steps, eagerly, as the original notebook did."""
+    input_ids, target_ids = batch["input_ids"], batch["target_ids"]
+    features, keys = model.prepare(batch["cnn_features"])
+    state = model.initial_state(tf.shape(input_ids)[0])
+    loss_sum = tokens = 0.0
+    for position in range(input_ids.shape[1]):
+        gates = model.gates_for_tokens(input_ids[:, position])
+        state, _ = model.step(gates, state, features, keys)
+        logits = model.logits(state)
+        step_loss, step_tokens, _ = masked_loss_sum(target_ids[:, position], logits)
+        loss_sum += step_loss
+        tokens += step_tokens
+    return loss_sum / tokens
+
+
+def eager_step(model, batch: dict):
+    """The eager baseline's train step: eager_loss under a GradientTape, then Adam."""
+    optimizer = make_optimizer()
+    optimizer.build(model.trainable_variables)
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = eager_loss(model, batch)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(gradients, model.trainable_variables)
+        return loss
+
+    return step
+
+
+def graph_loss(model, batch: dict) -> float:
+    """The Keras model's teacher-forced loss per token, no update."""
+    logits, _ = model(batch, training=False)
+    loss_sum, tokens, _ = masked_loss_sum(batch["target_ids"], logits)
+    return float(loss_sum / tokens)
+
+
+def measure(step, seconds: float, warmup: int) -> dict:
+    started = time.perf_counter()
+    for _ in range(warmup):
+        float(step())
+    warmup_seconds = time.perf_counter() - started
+    per_step, steps, loss = timed(step, seconds)
+    return {"per_step": per_step, "steps": steps, "warmup_seconds": warmup_seconds, "loss": loss}
+
+
+def measure_train_step(
+    seconds: float = 10.0,
+    batch_size: int = 64,
+    vocab: int = 5000,
+    max_length: int = 25,
+    jit_compile: bool = False,
+    warmup: int = 3,
+) -> float:
+    """Captions/s of the trainer's train_step at these sizes (for other benches)."""
+    model = build(vocab, 256, 512, max_length)
+    batch = random_batch(batch_size, vocab, max_length)
+    return batch_size / measure(graph_step(model, batch, jit_compile), seconds, warmup)["per_step"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="Timed seconds per figure.")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=5000)
+    parser.add_argument("--max_length", type=int, default=25, help="Tokens; steps = this - 1.")
+    parser.add_argument("--embedding_dim", type=int, default=256)
+    parser.add_argument("--units", type=int, default=512)
+    parser.add_argument("--matmul_seconds", type=float, default=3.0)
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps before timing.")
+    args = parser.parse_args()
+
+    gflops = matmul_gflops(seconds=args.matmul_seconds)
+
+    model = build(args.vocab, args.embedding_dim, args.units, args.max_length)
+    batch = random_batch(args.batch, args.vocab, args.max_length)
+    # Same weights, same batch, before any update: the two implementations must agree.
+    loss_graph, loss_eager = graph_loss(model, batch), float(eager_loss(model, batch))
+
+    figures = {
+        jit: measure(graph_step(model, batch, jit), args.seconds, args.warmup)
+        for jit in (False, True)
+    }
+    eager = measure(eager_step(model, batch), args.seconds, 1)
+    baseline = args.batch / eager["per_step"]
+
+    gflops_end = matmul_gflops(seconds=args.matmul_seconds)
+    rates = {jit: args.batch / figure["per_step"] for jit, figure in figures.items()}
+    best_jit = max(rates, key=rates.get)
+    value = rates[best_jit]
+    print(
+        json.dumps(
+            {
+                "bench": "train_step",
+                "value": round(value, 2),
+                "unit": "captions/s",
+                "baseline": round(baseline, 2),
+                "ratio": round(value / baseline, 3),
+                "roofline": round(value * FLOP_PER_CAPTION / (gflops * 1e9), 4),
+                "matmul_gflops": round(gflops, 1),
+                "matmul_gflops_end": round(gflops_end, 1),
+                "best_jit_compile": best_jit,
+                "captions_per_s_jit_false": round(rates[False], 2),
+                "captions_per_s_jit_true": round(rates[True], 2),
+                "steps_jit_false": figures[False]["steps"],
+                "steps_jit_true": figures[True]["steps"],
+                "warmup_seconds_jit_false": round(figures[False]["warmup_seconds"], 1),
+                "warmup_seconds_jit_true": round(figures[True]["warmup_seconds"], 1),
+                "eager_steps": eager["steps"],
+                "eager_seconds_per_step": round(eager["per_step"], 3),
+                "initial_loss_graph": round(loss_graph, 5),
+                "initial_loss_eager": round(loss_eager, 5),
+                "batch": args.batch,
+                "vocab": args.vocab,
+                "decoder_steps": args.max_length - 1,
+                "embedding_dim": args.embedding_dim,
+                "units": args.units,
+                "locations": LOCATIONS,
+                "cores": os.cpu_count(),
+                "loadavg_1min": round(os.getloadavg()[0], 2),
+                "tensorflow": tf.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.WARNING)
+    main()
