@@ -144,6 +144,7 @@ def caption_split(
         progress.update(len(rows))
         if limit and len(rows) >= limit:
             break
+    progress.update(len(rows), finalize=True)
     return rows[:limit] if limit else rows
 
 
