@@ -37,6 +37,10 @@ def resolve_image_path(images_dir: str, name: str) -> str:
     """The path of `name` inside `images_dir`, or ImageRejected if it could point elsewhere."""
     if not name or "\x00" in name or "\\" in name or name.strip() != name:
         raise ImageRejected(records.REASON_BAD_IMAGE_NAME, repr(name))
+    try:
+        name.encode("utf-8")  # A lone surrogate (JSON can carry "\ud800") has no file name.
+    except UnicodeEncodeError as error:
+        raise ImageRejected(records.REASON_BAD_IMAGE_NAME, repr(name)) from error
     if posixpath.isabs(name) or os.path.isabs(name) or ".." in name.split("/"):
         raise ImageRejected(records.REASON_OUTSIDE_IMAGES_DIR, name)
     if _is_remote(images_dir):

@@ -164,7 +164,7 @@ def parse_flickr8k_line(row: int, line: str) -> tuple[str, CaptionRow] | dict:
     return image, CaptionRow(row, caption)
 
 
-def read_karpathy(path: str) -> list[tuple[int, str, str, str]]:
+def read_karpathy(path: str) -> list[tuple[int, str, str | None, str]]:
     """(row, filename, raw sentence, split) for every sentence, rows numbered in file order."""
     with FileSystems.open(path) as json_file:
         dataset = json.load(json_file)
@@ -175,16 +175,27 @@ def read_karpathy(path: str) -> list[tuple[int, str, str, str]]:
         )
     rows = []
     for image in dataset["images"]:
-        for sentence in image.get("sentences", []):
-            raw = sentence.get("raw", "") if isinstance(sentence, dict) else ""
-            rows.append(
-                (len(rows) + 1, str(image.get("filename", "")), str(raw), str(image.get("split")))
-            )
+        # An entry or sentence of the wrong JSON type becomes a row with caption None, which
+        # parse_karpathy_row refuses as malformed: counted, not dropped, and no crash.
+        if not isinstance(image, dict):
+            rows.append((len(rows) + 1, "", None, "None"))
+            continue
+        filename = image.get("filename", "")
+        filename = filename if isinstance(filename, str) else ""
+        sentences = image.get("sentences", [])
+        for sentence in sentences if isinstance(sentences, list) else [None]:
+            raw = sentence.get("raw", "") if isinstance(sentence, dict) else None
+            raw = raw if isinstance(raw, str) else None
+            rows.append((len(rows) + 1, filename, raw, str(image.get("split"))))
     return rows
 
 
-def parse_karpathy_row(row_tuple: tuple[int, str, str, str]) -> tuple[str, CaptionRow] | dict:
+def parse_karpathy_row(
+    row_tuple: tuple[int, str, str | None, str],
+) -> tuple[str, CaptionRow] | dict:
     row, image, caption, split = row_tuple
+    if caption is None:
+        return reject(row, image, records.REASON_MALFORMED_ROW)
     if not image:
         return reject(row, image, records.REASON_BAD_IMAGE_NAME)
     if split not in KARPATHY_SPLITS:
