@@ -38,6 +38,21 @@ def select_strategy(name: str = "auto", cpu_devices: int = 0) -> tf.distribute.S
     if name not in STRATEGIES:
         raise ValueError(f"--strategy={name}: choose one of {', '.join(STRATEGIES)}")
     split_cpu(cpu_devices)
+    # Collective ops must be configured before TensorFlow initialises: no device listing first.
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "--strategy=multi_worker reads the cluster from TF_CONFIG, which is not set; "
+                'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}\''
+            )
+        json.loads(os.environ["TF_CONFIG"])  # Fail here, with the JSON error, if malformed.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     if name == "auto":
@@ -54,19 +69,6 @@ def select_strategy(name: str = "auto", cpu_devices: int = 0) -> tf.distribute.S
             devices=[device.name for device in cpus],
             cross_device_ops=tf.distribute.ReductionToOneDevice(),
         )
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "--strategy=multi_worker reads the cluster from TF_CONFIG, which is not set; "
-                'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}}\''
-            )
-        json.loads(os.environ["TF_CONFIG"])  # Fail here, with the JSON error, if malformed.
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
 
 
 def select_precision(name: str = "auto") -> str:

@@ -120,6 +120,8 @@ def main(argv):
     config = train.TrainConfig(**{name: FLAGS[name].value for name in names})
     metrics = train.train(config)
     logging.info("training done at step %d", metrics["step"])
+    if not metrics["chief"]:
+        return  # The chief alone evaluates and exports.
     if FLAGS.evaluate:
         from trainer import evaluate
 

@@ -281,8 +281,11 @@ def train(config: TrainConfig) -> dict:
     if config.cache_features and not config.train_encoder:
         from trainer import cache
 
-        train_files = cache.cached_split(model, config, "train", train_files)
-        val_files = cache.cached_split(model, config, "val", val_files) if val_files else []
+        # Workers other than the chief cache privately: two writers must not share files.
+        cache_root = "" if chief else os.path.join(checkpoint_dir, "feature_cache")
+        train_files = cache.cached_split(model, config, "train", train_files, cache_root)
+        if val_files:
+            val_files = cache.cached_split(model, config, "val", val_files, cache_root)
         locations = num_locations(config.image_size)
 
     def epoch_dataset(epoch: int, files: list[str], shuffle: bool, drop: bool):
@@ -376,7 +379,7 @@ def train(config: TrainConfig) -> dict:
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
-    metrics = {"step": int(step.numpy()), "history": history, "val": val_metrics}
+    metrics = {"step": int(step.numpy()), "history": history, "val": val_metrics, "chief": chief}
     if chief:
         with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
             json.dump(metrics, out, indent=2)
