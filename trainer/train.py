@@ -352,9 +352,9 @@ def train(config: TrainConfig) -> dict:
                 tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
             every = config.checkpoint_every_steps
             if every and int(step.numpy()) % every == 0:
-                manager.save(checkpoint_number=int(step.numpy()))
+                save_checkpoint(manager, model, int(step.numpy()))
         seconds = time.perf_counter() - started
-        manager.save(checkpoint_number=int(step.numpy()))
+        save_checkpoint(manager, model, int(step.numpy()))
         images_per_second = len(losses) * config.batch_size / max(seconds, 1e-9)
         epoch_record = {"epoch": epoch + 1, "step": int(step.numpy())}
         epoch_record["train_loss"] = float(np.mean(losses)) if losses else None
@@ -384,6 +384,17 @@ def train(config: TrainConfig) -> dict:
         with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
             json.dump(metrics, out, indent=2)
     return metrics
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> None:
+    """Save, unless an update made any weight NaN/inf: the last good checkpoint must survive."""
+    finite = [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
+    if not bool(tf.reduce_all(finite)):
+        raise TrainingDiverged(
+            f"weights became NaN or infinite at step {step}; not saved: the last good "
+            f"checkpoint in {manager.directory} is kept. Lower --learning_rate or check the data."
+        )
+    manager.save(checkpoint_number=step)
 
 
 def evaluate_loss(eval_step, distributed_dataset) -> dict:
