@@ -37,30 +37,43 @@ def _be_uint(data_bytes: tf.Tensor, start: int, length: int) -> tf.Tensor:
 def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """One request image → the model's input, or InvalidArgumentError naming the problem."""
     size = tf.strings.length(image_bytes)
-    tf.debugging.assert_greater(size, 0, message="image_bytes is empty: send JPEG or PNG bytes")
+    non_empty = tf.debugging.assert_greater(
+        size, 0, message="image_bytes is empty: send JPEG or PNG bytes"
+    )
     is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
     is_png = tf.strings.substr(image_bytes, 0, 8) == b"\x89PNG\r\n\x1a\n"
-    tf.debugging.Assert(
+    # The first bytes go into the message as numbers: raw non-UTF-8 bytes in an error message
+    # make TF's Python side raise UnicodeDecodeError instead of InvalidArgumentError.
+    is_image = tf.debugging.Assert(
         is_jpeg | is_png,
         [
             "image_bytes is not a JPEG or PNG image; first bytes:",
-            tf.strings.substr(image_bytes, 0, 8),
+            tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 8), tf.uint8),
         ],
+        summarize=8,
     )
 
     def png_pixels():
-        tf.debugging.assert_greater_equal(size, 24, message="truncated PNG header")
-        return _be_uint(image_bytes, 16, 4) * _be_uint(image_bytes, 20, 4)
+        # Checked before reading the header: substr past the end names the bytes in its error.
+        long_enough = tf.debugging.assert_greater_equal(size, 24, message="truncated PNG header")
+        with tf.control_dependencies([long_enough]):
+            width, height = _be_uint(image_bytes, 16, 4), _be_uint(image_bytes, 20, 4)
+        # Clamped so that two 32-bit sides cannot overflow int64 into a small product.
+        limit = tf.constant(MAX_PIXELS + 1, tf.int64)
+        return tf.minimum(width, limit) * tf.minimum(height, limit)
 
     def jpeg_pixels():
         shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
         return shape[0] * shape[1]
 
     pixels = tf.cond(is_png, png_pixels, jpeg_pixels)
-    tf.debugging.assert_less_equal(
+    small_enough = tf.debugging.assert_less_equal(
         pixels, tf.constant(MAX_PIXELS, tf.int64), message=f"image over {MAX_PIXELS} pixels"
     )
-    return preprocess_image(data.decode_and_resize(image_bytes, image_size))
+    # A graph runs an assertion beside the ops after it, not before them: without these edges
+    # a decompression bomb is decoded (gigabytes allocated) while its check fails.
+    with tf.control_dependencies([non_empty, is_image, small_enough]):
+        return preprocess_image(data.decode_and_resize(image_bytes, image_size))
 
 
 class CaptionModule(tf.Module):
