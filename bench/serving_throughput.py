@@ -10,7 +10,8 @@ image at a time, eagerly: decode + preprocess, encode, then a Python loop of dec
 argmax until <end> or max length.
 Equal work: the random-weight model's <end> logit bias is set to -1e4 before export, so neither
 side ever stops early: every image is decoded for the full max_length - 1 = 24 steps, on both
-sides (the decoded lengths are reported). The last line printed is one JSON object.
+sides (the decoded lengths are reported). Figures are timed interleaved in `--rounds` rounds, each
+its best round (medians reported too). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--baseline_images", type=int, default=32, help="Images for the loop.")
     parser.add_argument("--vocab", type=int, default=5000)
     parser.add_argument("--max_length", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds per figure.")
     parser.add_argument("--no_beam3", action="store_true", help="Skip the beam-3 export.")
     args = parser.parse_args()
 
@@ -140,21 +142,27 @@ def main() -> None:
             exported[beam] = tf.saved_model.load(path).signatures["serving_default"]
             export_seconds[beam] = time.perf_counter() - started
 
-        rates, served = {}, {}
+        # Warm-up, then interleaved rounds: another process's load hits every figure alike;
+        # each figure is its best round (the least disturbed).
+        served, warmup = {}, {}
         for beam, serve in exported.items():
             started = time.perf_counter()
-            serve(image_bytes=request)["caption"].numpy()  # Warm-up.
-            warmup = time.perf_counter() - started
-            rate, calls, result = timed_batches(serve, request, args.seconds)
-            rates[beam], served[beam] = (rate, calls, warmup), result
-
-    eager_caption(model, jpegs[0], tokens, args.max_length)  # Warm-up.
-    started = time.perf_counter()
-    eager_words = [
-        eager_caption(model, jpeg, tokens, args.max_length)
-        for jpeg in jpegs[: args.baseline_images]
-    ]
-    baseline = args.baseline_images / (time.perf_counter() - started)
+            served[beam] = serve(image_bytes=request)
+            served[beam]["caption"].numpy()
+            warmup[beam] = time.perf_counter() - started
+        eager_caption(model, jpegs[0], tokens, args.max_length)
+        rates = {beam: [] for beam in exported}
+        eager_rates, eager_words = [], []
+        per_round = -(-args.baseline_images // args.rounds)
+        for round_index in range(args.rounds):
+            for beam, serve in exported.items():
+                rate, _, served[beam] = timed_batches(serve, request, args.seconds / args.rounds)
+                rates[beam].append(rate)
+            chunk = jpegs[round_index * per_round : (round_index + 1) * per_round]
+            started = time.perf_counter()
+            eager_words += [eager_caption(model, jpeg, tokens, args.max_length) for jpeg in chunk]
+            eager_rates.append(len(chunk) / (time.perf_counter() - started))
+    baseline = max(eager_rates)
 
     greedy_lengths = caption_lengths(served[1])
     eager_lengths = np.array(
@@ -166,7 +174,7 @@ def main() -> None:
         " ".join(words) == caption
         for words, caption in zip(eager_words[:compared], greedy_captions)
     )
-    value = rates[1][0]
+    value = max(rates[1])
     figures = {
         "bench": "serving_throughput",
         "value": round(value, 2),
@@ -175,15 +183,20 @@ def main() -> None:
         "ratio": round(value / baseline, 3),
     }
     if 3 in rates:
-        figures["beam3_images_per_s"] = round(rates[3][0], 2)
-        figures["beam3_ratio"] = round(rates[3][0] / baseline, 3)
+        figures["beam3_images_per_s"] = round(max(rates[3]), 2)
+        figures["beam3_ratio"] = round(max(rates[3]) / baseline, 3)
     figures.update(
         batch=args.batch,
         image_size=IMAGE_SIZE,
         vocab=args.vocab,
         decoder_steps=args.max_length - 1,
-        greedy_calls=rates[1][1],
-        greedy_warmup_seconds=round(rates[1][2], 2),
+        median_images_per_s={
+            "greedy": round(float(np.median(rates[1])), 2),
+            **({"beam3": round(float(np.median(rates[3])), 2)} if 3 in rates else {}),
+            "eager": round(float(np.median(eager_rates)), 2),
+        },
+        rounds=args.rounds,
+        warmup_seconds={str(beam): round(seconds, 1) for beam, seconds in warmup.items()},
         baseline_images=args.baseline_images,
         mean_tokens_served=round(float(greedy_lengths.mean()), 2),
         mean_tokens_eager=round(float(eager_lengths.mean()), 2),
