@@ -65,3 +65,16 @@ def test_evaluate_writes_metrics_and_every_caption(trained_job, tmp_path):
     assert set(row) == {"image", "caption", "log_prob", "references"}
     assert len(row["references"]) == 2  # Test examples keep all their captions.
     assert os.path.basename(row["image"]).startswith("test_")
+
+
+def test_coco_metrics_score_with_the_eval_extra():
+    pytest.importorskip("pycocoevalcap")
+    scores = evaluate.coco_metrics(
+        [
+            ["a red circle above a blue square", "a red circle and a blue square"],
+            ["a green triangle"],
+        ],
+        ["a red circle above a blue square", "a green square"],
+    )
+    assert {"coco_bleu4", "coco_rouge_l", "coco_cider"} <= set(scores)
+    assert 0.0 < scores["coco_bleu4"] <= 1.0 and scores["coco_cider"] > 1.0
