@@ -1,6 +1,6 @@
 """Requests/s of the exported SavedModel under 8 threads on good and hostile images, against one.
 
-    python bench/serving_load.py [--requests 2400] [--threads 8] [--baseline_requests 600]
+    python bench/serving_load.py [--requests 2400] [--threads 8] [--baseline_requests 1200]
 
 value: requests/s of `serving_default` (a SavedModel written by serving/export.py's CaptionModule +
 export_module, greedy, loaded back with tf.saved_model.load) called from `--threads` threads, each
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="Requests in flight.")
     parser.add_argument("--warmup", type=int, default=200, help="Requests before RSS 'before'.")
     parser.add_argument(
-        "--baseline_requests", type=int, default=600, help="Single-threaded requests, same mix."
+        "--baseline_requests", type=int, default=1200, help="Single-threaded requests, same mix."
     )
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=200)
