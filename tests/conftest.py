@@ -104,27 +104,68 @@ def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0):
     return model
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Flags of a training run small enough for tests: the CLI twin of `tiny_config`.
+TINY_FLAGS = [
+    "--encoder_weights=none",
+    "--image_size=32",
+    "--batch_size=8",
+    "--embedding_dim=16",
+    "--units=32",
+    "--vocab_size=50",
+    "--learning_rate=0.01",
+    "--sample_captions=0",
+]
+
+
+def tiny_config(data_dir: str, job_dir, **overrides):
+    """A TrainConfig small enough to train in seconds on the tiny data set."""
+    from trainer import train
+
+    settings = dict(
+        data_dir=data_dir,
+        job_dir=str(job_dir),
+        strategy="default",
+        precision="float32",
+        epochs=2,
+        batch_size=8,
+        learning_rate=1e-2,
+        vocab_size=50,
+        embedding_dim=16,
+        units=32,
+        image_size=32,
+        encoder_weights="none",
+        sample_captions=0,
+        deterministic=True,
+    )
+    settings.update(overrides)
+    return train.TrainConfig(**settings)
+
+
+def start_module(args: list[str], cwd: str = REPO, env: dict | None = None):
+    """`python -m ARGS` in a fresh process that imports the project from this checkout."""
+    import subprocess
+    import sys
+
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    environment.pop("TF_CONFIG", None)
+    environment.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def trained_job(tiny_data, tmp_path_factory) -> str:
     """A job dir trained for a few epochs on the tiny data set (checkpoint + config.json)."""
     from trainer import train
 
     job_dir = str(tmp_path_factory.mktemp("trained_job"))
-    config = train.TrainConfig(
-        data_dir=tiny_data,
-        job_dir=job_dir,
-        strategy="default",
-        precision="float32",
-        epochs=8,
-        batch_size=8,
-        learning_rate=1e-2,
-        vocab_size=50,
-        max_length=8,
-        embedding_dim=16,
-        units=32,
-        image_size=32,
-        encoder_weights="none",
-        sample_captions=0,
-    )
-    train.train(config)
+    train.train(tiny_config(tiny_data, job_dir, epochs=8, max_length=8, deterministic=False))
     return job_dir

@@ -4,23 +4,16 @@ import glob
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import start_module
 
 
 def run(args, cwd):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    result = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert result.returncode == 0, (
-        f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout + result.stderr
+    process = start_module(args, cwd=str(cwd))
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, f"{args[0]} failed:\n{output[-3000:]}"
+    return output
 
 
 @pytest.mark.slow

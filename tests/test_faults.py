@@ -4,52 +4,27 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_tiny_data
+from conftest import TINY_FLAGS, start_module, tiny_config, write_tiny_data
 
 from trainer import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
+    *TINY_FLAGS,
     "--strategy=default",
-    "--encoder_weights=none",
-    "--image_size=32",
     "--epochs=3",
-    "--batch_size=8",
-    "--embedding_dim=16",
-    "--units=32",
-    "--vocab_size=50",
     "--deterministic",
     "--evaluate=false",
-    "--sample_captions=0",
-    "--learning_rate=0.01",
     "--checkpoint_every_steps=1",
 ]
 
 
 def start(data_dir, job_dir):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainer.task",
-            f"--data_dir={data_dir}",
-            f"--job_dir={job_dir}",
-            *ARGS,
-        ],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_module(["trainer.task", f"--data_dir={data_dir}", f"--job_dir={job_dir}", *ARGS])
 
 
 def checkpointed_step(job_dir) -> int:
@@ -91,20 +66,10 @@ def test_sigkilled_training_resumes_and_ends_equal_to_an_uninterrupted_run(tmp_p
 def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
     tiny_data, tmp_path, monkeypatch
 ):
-    config = train.TrainConfig(
-        data_dir=tiny_data,
-        job_dir=str(tmp_path / "job"),
-        strategy="default",
-        precision="float32",
+    config = tiny_config(
+        tiny_data,
+        tmp_path / "job",
         epochs=3,
-        batch_size=8,
-        learning_rate=1e-2,
-        vocab_size=50,
-        embedding_dim=16,
-        units=32,
-        image_size=32,
-        encoder_weights="none",
-        sample_captions=0,
         checkpoint_every_steps=1,
         max_steps=2,
     )
@@ -127,21 +92,12 @@ def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
 
 
 def test_an_update_that_makes_weights_nan_is_never_checkpointed(tiny_data, tmp_path):
-    config = train.TrainConfig(
-        data_dir=tiny_data,
-        job_dir=str(tmp_path / "job"),
-        strategy="default",
-        precision="float32",
+    config = tiny_config(
+        tiny_data,
+        tmp_path / "job",
         epochs=2,
-        batch_size=8,
         learning_rate=float("nan"),
         clipnorm=0.0,
-        vocab_size=50,
-        embedding_dim=16,
-        units=32,
-        image_size=32,
-        encoder_weights="none",
-        sample_captions=0,
         checkpoint_every_steps=1,
     )
     with pytest.raises(train.TrainingDiverged, match="weights became NaN or infinite at step 1"):

@@ -3,30 +3,14 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import write_tiny_data
+from conftest import TINY_FLAGS, start_module, write_tiny_data
 
 from trainer import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON = [
-    "--encoder_weights=none",
-    "--image_size=32",
-    "--epochs=1",
-    "--max_steps=2",
-    "--batch_size=8",
-    "--embedding_dim=16",
-    "--units=32",
-    "--vocab_size=50",
-    "--deterministic",
-    "--evaluate=false",
-    "--sample_captions=0",
-    "--learning_rate=0.01",
-]
+COMMON = [*TINY_FLAGS, "--epochs=1", "--max_steps=2", "--deterministic", "--evaluate=false"]
 
 
 def free_port() -> int:
@@ -35,17 +19,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def task(args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))
-    env.pop("TF_CONFIG", None) if not env_extra else None
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainer.task", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def task(args, env=None):
+    return start_module(["trainer.task", *args], env=env)
 
 
 @pytest.mark.slow

@@ -7,30 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import small_model, write_tiny_data
+from conftest import small_model, tiny_config, write_tiny_data
 
 from trainer import data, distribute, train
-
-
-def tiny_config(data_dir, job_dir, **overrides) -> train.TrainConfig:
-    settings = dict(
-        data_dir=data_dir,
-        job_dir=str(job_dir),
-        strategy="default",
-        precision="float32",
-        epochs=2,
-        batch_size=8,
-        learning_rate=1e-2,
-        vocab_size=50,
-        embedding_dim=16,
-        units=32,
-        image_size=32,
-        encoder_weights="none",
-        sample_captions=0,
-        deterministic=True,
-    )
-    settings.update(overrides)
-    return train.TrainConfig(**settings)
 
 
 def a_batch(batch=8, steps=5, vocab=12, seed=3):
