@@ -116,6 +116,7 @@ TINY_FLAGS = [
     "--vocab_size=50",
     "--learning_rate=0.01",
     "--sample_captions=0",
+    "--max_length=10",
 ]
 
 
@@ -135,6 +136,7 @@ def tiny_config(data_dir: str, job_dir, **overrides):
         embedding_dim=16,
         units=32,
         image_size=32,
+        max_length=10,
         encoder_weights="none",
         sample_captions=0,
         deterministic=True,

@@ -6,7 +6,7 @@ import os
 import re
 
 import pytest
-from conftest import start_module
+from conftest import TINY_FLAGS, start_module
 
 
 def run(args, cwd):
@@ -36,13 +36,8 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
             "trainer.task",
             "--strategy=mirrored",
             "--cpu_devices=2",
-            "--encoder_weights=none",
-            "--image_size=32",
+            *TINY_FLAGS,
             "--epochs=2",
-            "--batch_size=8",
-            "--embedding_dim=16",
-            "--units=32",
-            "--vocab_size=40",
             "--beam_size=2",
             "--export_dir=exports",
             "--job_dir=jobs/e2e",
