@@ -1,6 +1,6 @@
 """Images/s per core of the trainer's tf.data input from JPEG shards, against bare JPEG decoding.
 
-    python bench/input_pipeline.py [--images 512] [--passes 6] [--train_step_seconds 5]
+    python bench/input_pipeline.py [--images 512] [--passes 6] [--train_step_seconds 6]
 
 value: images/s of trainer.data.make_dataset (read shards, parse, decode, resize to 224,
 normalise, tokenise, batch 64; the image path, not cached features; shuffled as in training)

@@ -1,15 +1,15 @@
 """Decoder train-step captions/s at the original sizes, against an eager step-by-step loop.
 
-    python bench/train_step.py [--seconds 10] [--batch 64] [--vocab 5000] [--max_length 25]
+    python bench/train_step.py [--seconds 12] [--rounds 3] [--batch 64] [--vocab 5000]
 
 value: captions/s of the real `train_step` of `trainer.train.make_step_functions` (default
 strategy, float32) on cached EfficientNet features (random float32 [batch, 49, 1280], so the CNN
 is not run), best of jit_compile False and True (both reported).
-Figure and baseline are timed interleaved, in `--rounds` rounds of `--seconds`/rounds each, and
-each is its best round (medians reported too): another process's load then hits both alike.
 baseline: the same Captioner and weights trained by an eager Python loop over the time steps
 (model.step + model.logits per step under a GradientTape, then the optimizer), like the
 original notebook's train step, in the same process.
+Figure and baseline are timed interleaved, in `--rounds` rounds of `--seconds`/rounds each, and
+each is its best round (medians reported too): another process's load then hits both alike.
 roofline: value × 0.81 GFLOP (the train step's dense work per caption at the original sizes)
 ÷ the fp32 rate of a 2048³ tf.matmul (`matmul_gflops`), measured first (`--matmul_seconds`) and
 again in every round, in windows of 4 matmuls: the best window of the run is the divisor
