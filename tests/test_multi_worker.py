@@ -2,10 +2,13 @@
 
 import json
 import os
+import signal
 import socket
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import TINY_FLAGS, start_module, write_tiny_data
 
 from trainer import train
@@ -23,6 +26,32 @@ def task(args, env=None):
     return start_module(["trainer.task", *args], env=env)
 
 
+def start_workers(data_dir, job_dir, extra=()):
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    return [
+        task(
+            [
+                f"--data_dir={data_dir}",
+                f"--job_dir={job_dir}",
+                "--strategy=multi_worker",
+                *COMMON,
+                *extra,
+            ],
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                )
+            },
+        )
+        for index in range(2)
+    ]
+
+
+def checkpointed_step(job_dir) -> int:
+    latest = tf.train.latest_checkpoint(os.path.join(job_dir, "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
 @pytest.mark.slow
 def test_two_workers_on_loopback_train_like_one_and_only_the_chief_keeps_checkpoints(tmp_path):
     data_dir = write_tiny_data(str(tmp_path / "data"))
@@ -37,23 +66,7 @@ def test_two_workers_on_loopback_train_like_one_and_only_the_chief_keeps_checkpo
     single_log = single.communicate(timeout=600)[0]
     assert single.returncode == 0, single_log[-3000:]
 
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    workers = [
-        task(
-            [
-                f"--data_dir={data_dir}",
-                f"--job_dir={tmp_path / 'multi'}",
-                "--strategy=multi_worker",
-                *COMMON,
-            ],
-            {
-                "TF_CONFIG": json.dumps(
-                    {"cluster": cluster, "task": {"type": "worker", "index": index}}
-                )
-            },
-        )
-        for index in range(2)
-    ]
+    workers = start_workers(data_dir, tmp_path / "multi")
     logs = [worker.communicate(timeout=600)[0] for worker in workers]
     for worker, log in zip(workers, logs):
         assert worker.returncode == 0, log[-3000:]
@@ -79,3 +92,41 @@ def test_two_workers_on_loopback_train_like_one_and_only_the_chief_keeps_checkpo
         "logs",
         "train_metrics.json",
     ]
+
+
+@pytest.mark.slow
+def test_sigkilled_two_worker_run_resumes_and_ends_equal_to_one_uninterrupted(tmp_path):
+    data_dir = write_tiny_data(str(tmp_path / "data"))  # 3 steps per epoch.
+    longer = ["--max_steps=6", "--epochs=2", "--checkpoint_every_steps=1"]
+    whole = task(
+        [
+            f"--data_dir={data_dir}",
+            f"--job_dir={tmp_path / 'whole'}",
+            "--strategy=default",
+            *COMMON,
+            *longer,
+        ]
+    )
+    job_dir = str(tmp_path / "killed")
+    workers = start_workers(data_dir, job_dir, longer)
+    deadline = time.time() + 600
+    while checkpointed_step(job_dir) < 2 and all(w.poll() is None for w in workers):
+        assert time.time() < deadline, "the workers never reached step 2"
+        time.sleep(0.05)
+    for worker in workers:  # A preempted job: every worker dies at once.
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    killed_at = checkpointed_step(job_dir)
+    assert 2 <= killed_at < 6
+
+    restarted = start_workers(data_dir, job_dir, longer)
+    logs = [worker.communicate(timeout=600)[0] for worker in restarted]
+    for worker, log in zip(restarted, logs):
+        assert worker.returncode == 0, log[-3000:]
+        assert f"at step {killed_at}" in log  # Both workers resumed from the chief's checkpoint.
+    whole_log = whole.communicate(timeout=600)[0]
+    assert whole.returncode == 0, whole_log[-3000:]
+    whole_model, _, _ = train.restore(str(tmp_path / "whole"))
+    resumed_model, _, _ = train.restore(job_dir)
+    for a, b in zip(whole_model.get_weights(), resumed_model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

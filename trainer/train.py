@@ -257,11 +257,15 @@ def train(config: TrainConfig) -> dict:
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     checkpoint_dir = _checkpoint_dir(config.job_dir)
-    if not chief:  # Every worker must save (collective ops), but only the chief's copy lasts.
+    # Every worker restores the chief's latest checkpoint, so all resume at the same step with
+    # the same weights; every worker must also save (collective ops), but only the chief's
+    # copy lasts: the others write to temporary dirs.
+    restored_from = tf.train.latest_checkpoint(checkpoint_dir)
+    if not chief:
         checkpoint_dir = tempfile.mkdtemp(prefix=f"worker{distribute.worker_id(strategy)}-")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
-    restored_from = manager.restore_or_initialize()
     if restored_from:
+        checkpoint.restore(restored_from).assert_existing_objects_matched()
         print(f"resumed from {restored_from} at step {int(step.numpy())}", flush=True)
     if chief:
         tf.io.gfile.makedirs(config.job_dir)
