@@ -95,8 +95,8 @@ def main() -> None:
                 "sizes": sizes,
                 "preprocess": preprocess,
                 "train_epoch": epoch,
-                "note": "train epoch: encoder trained (as make demo), first epoch includes tf.function "
-                "warm-up of its first step",
+                "note": "train epoch: encoder trained (as make demo); its time includes the "
+                "tf.function warm-up of the first step",
             }
         )
     )
