@@ -104,3 +104,22 @@ def test_command_line_error_is_one_line_naming_the_flag(tmp_path):
         "preprocess.sample_data or pass the Flickr30k folder"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_run_leaves_no_manifest_that_looks_complete(sample, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    run.run([*input_flags(sample), f"--output_dir={out}", "--runner=DirectRunner"])
+    assert os.path.exists(os.path.join(out, records.MANIFEST_FILENAME))
+
+    def broken_encode(example):
+        raise OSError("disk full")
+
+    from preprocess import pipeline
+
+    monkeypatch.setattr(pipeline, "encode", broken_encode)
+    with pytest.raises(Exception, match="disk full"):
+        run.run(
+            [*input_flags(sample), f"--output_dir={out}", "--runner=DirectRunner", "--overwrite"]
+        )
+    # The previous run's manifest went with its shards, and the failed run wrote none.
+    assert not os.path.exists(os.path.join(out, records.MANIFEST_FILENAME))
