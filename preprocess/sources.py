@@ -135,6 +135,11 @@ def parse_kaggle_line(row: int, line: str) -> tuple[str, CaptionRow] | dict:
         caption = recovered.group(2).strip()
     else:
         return reject(row, image, records.REASON_NO_SEPARATOR)
+    return _caption_row(row, image, caption)
+
+
+def _caption_row(row: int, image: str, caption: str) -> tuple[str, CaptionRow] | dict:
+    """A parsed row's last checks: a named image and an acceptable caption."""
     if not image:
         return reject(row, image, records.REASON_BAD_IMAGE_NAME)
     reason = _caption_reject_reason(caption)
@@ -156,12 +161,7 @@ def parse_flickr8k_line(row: int, line: str) -> tuple[str, CaptionRow] | dict:
     image = fields[0].strip()
     # An unquoted caption with commas splits into more fields; they are all caption.
     caption = ",".join(fields[1:]).strip()
-    if not image:
-        return reject(row, image, records.REASON_BAD_IMAGE_NAME)
-    reason = _caption_reject_reason(caption)
-    if reason:
-        return reject(row, image, reason)
-    return image, CaptionRow(row, caption)
+    return _caption_row(row, image, caption)
 
 
 def read_karpathy(path: str) -> list[tuple[int, str, str | None, str]]:
