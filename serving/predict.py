@@ -1,4 +1,4 @@
-"""Caption image files with an exported SavedModel: `python -m serving.predict`.
+r"""Caption image files with an exported SavedModel: `python -m serving.predict`.
 
     python -m serving.predict --model_dir=exports/captioner photos/ extra/*.jpg \
         --output=captions.jsonl --attention_plot=plots/

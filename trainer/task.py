@@ -1,8 +1,11 @@
-"""Train, evaluate and (optionally) export the captioner: `python -m trainer.task`.
+r"""Train, evaluate and (optionally) export the captioner: `python -m trainer.task`.
 
     python -m preprocess.run --runner=DirectRunner          # the sample data set, offline
     python -m trainer.task --strategy=mirrored --cpu_devices=2 --encoder_weights=none \
-        --image_size=64 --epochs=5 --job_dir=jobs/demo --export_dir=exports
+        --train_encoder --image_size=64 --epochs=10 --job_dir=jobs/demo --export_dir=exports
+
+Offline there are no ImageNet weights: --encoder_weights=none --train_encoder learns the encoder
+from scratch (a frozen random encoder teaches the decoder only the grammar).
 """
 
 from __future__ import annotations
