@@ -30,7 +30,7 @@ def exported(trained_job, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_images(tiny_data, tmp_path_factory):
+def split_images(tiny_data, tmp_path_factory):
     """The test split's images as files, with their in-record bytes."""
     folder = tmp_path_factory.mktemp("images")
     paths = []
@@ -51,9 +51,9 @@ def test_export_layout_assets_and_models_config(exported):
     assert export.next_version(os.path.dirname(exported)) == 2
 
 
-def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_job, test_images):
+def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_job, split_images):
     result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, exported, *test_images],
+        [sys.executable, "-c", FRESH_PROCESS, exported, *split_images],
         capture_output=True,
         text=True,
         check=True,
@@ -64,17 +64,17 @@ def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_
         row["image"]: row["caption"]
         for row in evaluate.evaluate(trained_job, split="test", beam_size=1)["rows"]
     }
-    assert served == [evaluated[os.path.basename(path)] for path in test_images]
+    assert served == [evaluated[os.path.basename(path)] for path in split_images]
     assert any(served)
 
 
-def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, test_images):
+def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, split_images):
     loaded = tf.saved_model.load(exported)
     assert set(loaded.signatures) == {"serving_default", "caption_examples"}
     serve = loaded.signatures["serving_default"]
     (spec,) = serve.structured_input_signature[1].values()
     assert spec.name == "image_bytes" and spec.dtype == tf.string
-    images = [open(path, "rb").read() for path in test_images[:3]]
+    images = [open(path, "rb").read() for path in split_images[:3]]
     out = serve(image_bytes=tf.constant(images))
     assert out["caption"].shape == (3,) and out["caption"].dtype == tf.string
     assert out["log_prob"].shape == (3,) and out["log_prob"].dtype == tf.float32
@@ -97,9 +97,9 @@ def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, test_i
     ],
 )
 def test_bad_bytes_raise_invalid_argument_and_the_next_request_works(
-    exported, test_images, bad, message
+    exported, split_images, bad, message
 ):
-    good = open(test_images[0], "rb").read()
+    good = open(split_images[0], "rb").read()
     if bad == "truncated":
         bad = good[: len(good) // 2]
     elif bad == "huge_png":
@@ -117,13 +117,13 @@ def test_saved_model_holds_no_python_functions(exported):
     assert b"PyFunc" not in graph and b"EagerPyFunc" not in graph
 
 
-def test_saved_model_cli_shows_and_runs_it(exported, test_images, tmp_path):
+def test_saved_model_cli_shows_and_runs_it(exported, split_images, tmp_path):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run(
         [cli, "show", "--dir", exported, "--all"], capture_output=True, text=True, check=True
     ).stdout
     assert "serving_default" in shown and "image_bytes" in shown and "caption_examples" in shown
-    image = open(test_images[0], "rb").read()
+    image = open(split_images[0], "rb").read()
     inputs = tmp_path / "inputs.npy"
     np.save(inputs, np.array([image], dtype=f"S{len(image)}"))
     ran = subprocess.run(
