@@ -328,8 +328,8 @@ def train(config: TrainConfig) -> dict:
     history: list[dict] = []
     val_metrics: dict = {}
     while int(step.numpy()) < total_steps:
-        start_step = int(step.numpy())
-        epoch, skip = divmod(start_step, steps_per_epoch)
+        current = int(step.numpy())
+        epoch, skip = divmod(current, steps_per_epoch)
         print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
         progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         iterator = iter(epoch_dataset(epoch, train_files, shuffle=True, drop=True))
@@ -337,30 +337,30 @@ def train(config: TrainConfig) -> dict:
             next(iterator)
         losses, started = [], time.perf_counter()
         for position in range(skip, steps_per_epoch):
-            if int(step.numpy()) >= total_steps:
+            if current >= total_steps:
                 break
             loss, accuracy = train_step(next(iterator))
             loss_value = float(loss.numpy())
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(
-                    f"loss became {loss_value} at step {int(step.numpy())}; the last good "
+                    f"loss became {loss_value} at step {current}; the last good "
                     f"checkpoint in {checkpoint_dir} is kept. Lower --learning_rate or check "
                     "the data."
                 )
-            step.assign_add(1)
+            current = int(step.assign_add(1).numpy())
             losses.append(loss_value)
             progress.update(position + 1, [("loss", loss_value), ("accuracy", float(accuracy))])
-            with train_writer.as_default(step=int(step.numpy())):
+            with train_writer.as_default(step=current):
                 tf.summary.scalar("loss", loss_value)
                 tf.summary.scalar("token_accuracy", float(accuracy))
                 tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
             every = config.checkpoint_every_steps
-            if every and int(step.numpy()) % every == 0:
-                save_checkpoint(manager, model, int(step.numpy()))
+            if every and current % every == 0:
+                save_checkpoint(manager, model, current)
         seconds = time.perf_counter() - started
-        save_checkpoint(manager, model, int(step.numpy()))
+        save_checkpoint(manager, model, current)
         images_per_second = len(losses) * config.batch_size / max(seconds, 1e-9)
-        epoch_record = {"epoch": epoch + 1, "step": int(step.numpy())}
+        epoch_record = {"epoch": epoch + 1, "step": current}
         epoch_record["train_loss"] = float(np.mean(losses)) if losses else None
         epoch_record["images_per_second"] = images_per_second
         if val_files:
@@ -368,13 +368,13 @@ def train(config: TrainConfig) -> dict:
                 eval_step, epoch_dataset(0, val_files, shuffle=False, drop=False)
             )
             epoch_record.update({f"val_{key}": value for key, value in val_metrics.items()})
-        with train_writer.as_default(step=int(step.numpy())):
+        with train_writer.as_default(step=current):
             tf.summary.scalar("images_per_second", images_per_second)
-        with val_writer.as_default(step=int(step.numpy())):
+        with val_writer.as_default(step=current):
             for key, value in val_metrics.items():
                 tf.summary.scalar(key, value)
             if val_files and config.sample_captions:
-                samples = sample_captions(model, tokens, config, val_files, locations)
+                samples = sample_captions(model, tokenizer, config, val_files, locations)
                 tf.summary.text("sample_captions", "\n\n".join(samples))
                 for sample in samples:
                     print(f"  {sample}", flush=True)
@@ -392,6 +392,8 @@ def train(config: TrainConfig) -> dict:
 
 def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> None:
     """Save, unless an update made any weight NaN/inf: the last good checkpoint must survive."""
+    if manager.latest_checkpoint and manager.latest_checkpoint.endswith(f"-{step}"):
+        return  # Already saved at this step (--checkpoint_every_steps at an epoch's end).
     finite = [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
     if not bool(tf.reduce_all(finite)):
         raise TrainingDiverged(
@@ -413,10 +415,13 @@ def evaluate_loss(eval_step, distributed_dataset) -> dict:
 
 
 def sample_captions(
-    model: Captioner, tokens: list[str], config: TrainConfig, files: list[str], locations: int
+    model: Captioner,
+    tokenizer: data.Tokenizer,
+    config: TrainConfig,
+    files: list[str],
+    locations: int,
 ) -> list[str]:
     """Greedy captions of the first few validation images, with their first reference."""
-    tokenizer = data.Tokenizer(tokens, config.max_length)
     dataset = data.make_dataset(
         files,
         tokenizer,
@@ -430,7 +435,8 @@ def sample_captions(
         cnn_features = batch["cnn_features"]
     else:
         cnn_features = model.encode(batch["image"])
-    result = decoding.greedy(model, cnn_features, tf.constant(tokens), config.max_length)
+    vocab = tf.constant(tokenizer.tokens)
+    result = decoding.greedy(model, cnn_features, vocab, config.max_length)
     lines = []
     for filename, caption, references in zip(
         batch["filename"].numpy(), result["caption"].numpy(), batch["references"].numpy()
