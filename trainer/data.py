@@ -12,6 +12,7 @@ import os
 import tensorflow as tf
 
 from preprocess import records, text
+from trainer.model import preprocess_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 CAPTION_SAMPLING = ("first", "random", "all")
@@ -193,7 +194,6 @@ def make_dataset(
     dataset = dataset.map(to_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if not cached:
-        from trainer.model import preprocess_image
 
         def normalise(batch: dict) -> dict:
             return {**batch, "image": preprocess_image(batch["image"])}

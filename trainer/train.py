@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from preprocess import text
 from trainer import data, decoding, distribute
-from trainer.model import Captioner, masked_loss_sum, num_locations
+from trainer.model import Captioner, calibrate_batchnorm, masked_loss_sum, num_locations
 
 
 @dataclasses.dataclass
@@ -138,8 +138,6 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
 
 def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], batches: int = 8):
     """Data-dependent BatchNorm statistics for a randomly initialised encoder (see model.py)."""
-    from trainer.model import calibrate_batchnorm
-
     dataset = data.make_dataset(
         files, tokenizer, 64, config.image_size, shuffle=True, seed=config.seed
     )
