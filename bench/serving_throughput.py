@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from preprocess import text  # noqa: E402
 from serving.export import CaptionModule, export_module  # noqa: E402
 from trainer.data import decode_and_resize  # noqa: E402
-from trainer.model import Captioner, preprocess_image  # noqa: E402
+from trainer.model import Captioner  # noqa: E402
 
 IMAGE_SIZE = 224
 NEVER_END_BIAS = -1e4
@@ -83,7 +83,7 @@ def build_model(vocab_size: int, max_length: int, seed: int = 0) -> Captioner:
 
 def eager_caption(model: Captioner, image_bytes: bytes, tokens: list[str], max_length: int):
     """The original's caption(): one image, eager ops, a Python loop over decoder steps."""
-    image = preprocess_image(decode_and_resize(tf.constant(image_bytes), IMAGE_SIZE))
+    image = decode_and_resize(tf.constant(image_bytes), IMAGE_SIZE)
     features, keys = model.prepare(model.encode(image[None]))
     state = model.initial_state(1)
     token = tf.constant([text.START_ID])

@@ -17,7 +17,6 @@ from absl import app, flags
 
 from preprocess import records, text
 from trainer import data, decoding, train
-from trainer.model import preprocess_image
 
 DEFAULT_MODEL_NAME = "captioner"
 # Images larger than this (decoded pixels) are refused before decoding: a small file that
@@ -73,7 +72,7 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     # A graph runs an assertion beside the ops after it, not before them: without these edges
     # a decompression bomb is decoded (gigabytes allocated) while its check fails.
     with tf.control_dependencies([non_empty, is_image, small_enough]):
-        return preprocess_image(data.decode_and_resize(image_bytes, image_size))
+        return data.decode_and_resize(image_bytes, image_size)
 
 
 class CaptionModule(tf.Module):
@@ -104,7 +103,7 @@ class CaptionModule(tf.Module):
         images = tf.map_fn(
             lambda one: checked_decode(one, self.image_size),
             image_bytes,
-            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
+            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.uint8),
         )
         return self._caption(images)
 

@@ -25,13 +25,23 @@ def test_tokenizer_truncates_long_captions_but_keeps_end():
     assert list(ids) == [text.START_ID, 4, 5, text.END_ID]
 
 
+def test_tokenizer_encodes_a_batch_like_each_caption_alone():
+    tokenizer = data.Tokenizer(TOKENS, max_length=5)
+    captions = ["a red square a red square", "", "blue", "a hexagon circle"]
+    batch = tokenizer.encode(tf.constant(captions)).numpy()
+    assert batch.shape == (4, 5) and batch.dtype == np.int32
+    for row, caption in zip(batch, captions):
+        np.testing.assert_array_equal(row, tokenizer.encode(tf.constant(caption)).numpy())
+    assert list(batch[1]) == [text.START_ID, text.END_ID, 0, 0, 0]
+
+
 def test_dataset_batches_shift_targets_by_one(tiny_data):
     tokenizer = data.Tokenizer(text.read_vocab(os.path.join(tiny_data, "vocab.txt")), 8)
     dataset = data.make_dataset(
         data.shard_files(tiny_data, "val"), tokenizer, 4, 32, keep_references=True
     )
     batch = next(iter(dataset))
-    assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == tf.float32
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == tf.uint8
     assert batch["input_ids"].shape == (4, 7) and batch["target_ids"].shape == (4, 7)
     np.testing.assert_array_equal(batch["input_ids"][:, 1:], batch["target_ids"][:, :-1])
     assert all(refs.decode().count("\n") == 1 for refs in batch["references"].numpy())

@@ -29,7 +29,7 @@ def test_teacher_forced_shapes_and_float32_logits(model):
 
 
 def test_encoder_output_is_locations_by_1280(model):
-    assert model.encode(tf.zeros([2, 32, 32, 3])).shape == (2, 1, 1280)
+    assert model.encode(tf.zeros([2, 32, 32, 3], tf.uint8)).shape == (2, 1, 1280)
     assert model_lib.num_locations(224) == 49 and model_lib.num_locations(64) == 4
 
 

@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from preprocess import records
 from trainer import data
-from trainer.model import preprocess_image
 
 ENCODE_BATCH = 32
 _DONE = "DONE"
@@ -36,7 +35,7 @@ def cache_key(model, image_size: int, files: list[str]) -> str:
 def _image_batches(path: str, image_size: int) -> tf.data.Dataset:
     def parse(serialized):
         example = tf.io.parse_single_example(serialized, records.feature_spec())
-        image = preprocess_image(data.decode_and_resize(example[records.IMAGE_ENCODED], image_size))
+        image = data.decode_and_resize(example[records.IMAGE_ENCODED], image_size)
         captions = tf.strings.reduce_join(example[records.CAPTION_TEXT], separator="\n")
         return image, example[records.IMAGE_FILENAME], captions
 

@@ -1,7 +1,9 @@
 """tf.data input from the preprocess shards: parse, decode, tokenise, batch.
 
-The image decoding here (`decode_and_resize` + `model.preprocess_image`) is the one the exported
-SavedModel uses too, so training and serving see the same pixels.
+The image decoding here (`decode_and_resize`) is the one the exported SavedModel uses too, and
+the model normalises the uint8 pixels itself (`Captioner.encode`), so training and serving see the
+same pixels. Per element the pipeline only parses and picks a caption; decoding, tokenising and
+feature unpacking run once per batch.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import os
 import tensorflow as tf
 
 from preprocess import records, text
-from trainer.model import preprocess_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 CAPTION_SAMPLING = ("first", "random", "all")
@@ -90,15 +91,25 @@ class Tokenizer:
             default_value=text.UNK_ID,
         )
 
-    def encode(self, caption: tf.Tensor) -> tf.Tensor:
-        """One caption → int32 [max_length]: <start> words… <end> <pad>…"""
-        word_ids = self.table.lookup(tf.strings.split(caption))[: self.max_length - 2]
-        ids = tf.concat([[text.START_ID], word_ids, [text.END_ID]], axis=0)
-        ids = tf.pad(ids, [[0, self.max_length - tf.size(ids)]], constant_values=text.PAD_ID)
-        return tf.ensure_shape(ids, [self.max_length])
+    def encode(self, captions: tf.Tensor) -> tf.Tensor:
+        """Captions [B] (or one, []) → int32 [B, max_length]: <start> words… <end> <pad>…"""
+        captions = tf.convert_to_tensor(captions, tf.string)
+        words = tf.strings.split(tf.reshape(captions, [-1]))
+        word_ids = tf.ragged.map_flat_values(self.table.lookup, words)[:, : self.max_length - 2]
+        rows = word_ids.nrows()
+        ids = tf.concat(
+            [
+                tf.fill([rows, 1], text.START_ID),
+                word_ids,
+                tf.fill([rows, 1], text.END_ID),
+            ],
+            axis=1,
+        ).to_tensor(default_value=text.PAD_ID, shape=[None, self.max_length])
+        return ids[0] if captions.shape.rank == 0 else ids
 
 
 def _parse(serialized: tf.Tensor, cached: bool) -> dict:
+    """One serialized tf.Example ([]) or a batch of them ([B]) → its features."""
     if cached:
         spec = {
             CNN_FEATURES: tf.io.FixedLenFeature([], tf.string),
@@ -107,7 +118,9 @@ def _parse(serialized: tf.Tensor, cached: bool) -> dict:
         }
     else:
         spec = records.feature_spec()
-    return tf.io.parse_single_example(serialized, spec)
+    if serialized.shape.rank == 0:
+        return tf.io.parse_single_example(serialized, spec)
+    return tf.io.parse_example(serialized, spec)
 
 
 def make_dataset(
@@ -148,20 +161,44 @@ def make_dataset(
     )
     if shuffle:
         dataset = dataset.shuffle(4096, seed=seed)
-    dataset = dataset.map(
-        lambda serialized: _parse(serialized, cached), num_parallel_calls=AUTOTUNE
-    )
     source_key = CNN_FEATURES if cached else records.IMAGE_ENCODED
 
-    def pick(example: dict, draw: tf.Tensor) -> dict:
-        captions = example[records.CAPTION_TEXT]
-        count = tf.maximum(tf.size(captions, out_type=tf.int64), 1)
-        index = 0 if caption_sampling == "first" else draw % count
-        picked = {"source": example[source_key], "caption": captions[index]}
+    def pick(examples: dict, draws: tf.Tensor) -> dict:
+        """A batch of parsed examples → one caption each (the first or the drawn one)."""
+        captions = examples[records.CAPTION_TEXT]  # Ragged [B, None].
+        counts = tf.maximum(tf.cast(captions.row_lengths(), tf.int64), 1)
+        index = tf.zeros_like(counts) if caption_sampling == "first" else draws % counts
+        picked = {
+            "source": examples[source_key],
+            "caption": tf.gather(captions.to_tensor(default_value=""), index, batch_dims=1),
+        }
         if keep_references:
-            picked["filename"] = example[records.IMAGE_FILENAME]
-            picked["references"] = tf.strings.reduce_join(captions, separator="\n")
+            picked["filename"] = examples[records.IMAGE_FILENAME]
+            picked["references"] = tf.strings.reduce_join(captions, axis=-1, separator="\n")
         return picked
+
+    def to_inputs(batch: dict) -> dict:
+        ids = tokenizer.encode(batch["caption"])
+        sources = batch["source"]
+        if cached:
+            features = tf.io.decode_raw(sources, tf.float16)
+            inputs = {
+                "cnn_features": tf.reshape(features, [tf.shape(sources)[0], cached_locations, -1])
+            }
+        else:
+            # uint8 all the way: a quarter of the bytes of float pixels; the model normalises.
+            inputs = {
+                "image": tf.map_fn(
+                    lambda one: decode_and_resize(one, image_size),
+                    sources,
+                    fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
+                )
+            }
+        inputs.update(input_ids=ids[:, :-1], target_ids=ids[:, 1:])
+        for key in ("filename", "references"):
+            if key in batch:
+                inputs[key] = batch[key]
+        return inputs
 
     if caption_sampling == "all":
 
@@ -172,33 +209,19 @@ def make_dataset(
                 {"source": tf.repeat(example[source_key][None], repeats), "caption": captions}
             )
 
-        dataset = dataset.flat_map(every_caption)
+        dataset = dataset.map(lambda serialized: _parse(serialized, cached), AUTOTUNE)
+        dataset = dataset.flat_map(every_caption).batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(to_inputs, AUTOTUNE)
     else:
-        draws = tf.data.Dataset.random(seed=seed)  # Deterministic per-element caption draws.
-        dataset = tf.data.Dataset.zip(dataset, draws).map(pick, num_parallel_calls=AUTOTUNE)
-
-    def to_inputs(element: dict) -> dict:
-        ids = tokenizer.encode(element["caption"])
-        if cached:
-            features = tf.io.decode_raw(element["source"], tf.float16)
-            inputs = {"cnn_features": tf.reshape(features, [cached_locations, -1])}
-        else:
-            # uint8 until batched: a quarter of the bytes through the pipeline.
-            inputs = {"image": decode_and_resize(element["source"], image_size)}
-        inputs.update(input_ids=ids[:-1], target_ids=ids[1:])
-        for key in ("filename", "references"):
-            if key in element:
-                inputs[key] = element[key]
-        return inputs
-
-    dataset = dataset.map(to_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    if not cached:
-
-        def normalise(batch: dict) -> dict:
-            return {**batch, "image": preprocess_image(batch["image"])}
-
-        dataset = dataset.map(normalise, num_parallel_calls=AUTOTUNE)
+        # Everything but the file reads and the shuffle runs once per batch: parse, pick a
+        # caption, decode, tokenise. Per-element draws keep caption choices deterministic.
+        draws = tf.data.Dataset.random(seed=seed)
+        dataset = tf.data.Dataset.zip(dataset, draws).batch(
+            batch_size, drop_remainder=drop_remainder
+        )
+        dataset = dataset.map(
+            lambda serialized, draw: to_inputs(pick(_parse(serialized, cached), draw)), AUTOTUNE
+        )
     options = tf.data.Options()
     # Files are sharded above when there are enough; otherwise each worker reads all files and
     # the distributed iterator splits batches.

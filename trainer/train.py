@@ -22,7 +22,13 @@ import tensorflow as tf
 
 from preprocess import text
 from trainer import data, decoding, distribute
-from trainer.model import Captioner, calibrate_batchnorm, masked_loss_sum, num_locations
+from trainer.model import (
+    Captioner,
+    calibrate_batchnorm,
+    masked_loss_sum,
+    num_locations,
+    preprocess_image,
+)
 
 
 @dataclasses.dataclass
@@ -141,7 +147,8 @@ def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], b
     dataset = data.make_dataset(
         files, tokenizer, 64, config.image_size, shuffle=True, seed=config.seed
     )
-    return calibrate_batchnorm(model.cnn, (batch["image"] for batch in dataset.take(batches)))
+    images = (preprocess_image(batch["image"]) for batch in dataset.take(batches))
+    return calibrate_batchnorm(model.cnn, images)
 
 
 def make_step_functions(
