@@ -3,6 +3,9 @@
     python -m serving.export --job_dir=jobs/captioner --export_dir=exports
 
 writes `exports/captioner/VERSION/` (with `assets/vocab.txt`) and `exports/models.config`.
+`--encoder_file=F.weights.h5` also writes the trained EfficientNetB0's weights, for
+`python -m trainer.task --encoder_weights=F.weights.h5` (e.g. an encoder fine-tuned on your
+images, reused by the next run as it would use ImageNet weights).
 The graph holds everything, image decoding included, in plain TF ops: TF Serving and a process
 that imports nothing of this project run it as is.
 """
@@ -183,6 +186,16 @@ def export(
     return version_dir
 
 
+def export_encoder(job_dir: str, path: str) -> str:
+    """The encoder of `job_dir`'s latest checkpoint → an EfficientNetB0 notop weights file."""
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"--encoder_file={path}: name it *.weights.h5 (Keras' weights format)")
+    model, _, _ = train.restore(job_dir)
+    tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(path)))
+    model.cnn.save_weights(path)
+    return path
+
+
 FLAGS = flags.FLAGS
 
 
@@ -191,6 +204,8 @@ def main(argv):
     path = export(FLAGS.job_dir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version, FLAGS.beam_size)
     print(f"exported {path}")
     print(f"inspect: saved_model_cli show --dir {path} --all")
+    if FLAGS.encoder_file:
+        print(f"encoder weights: {export_encoder(FLAGS.job_dir, FLAGS.encoder_file)}")
 
 
 if __name__ == "__main__":
@@ -200,5 +215,11 @@ if __name__ == "__main__":
     flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)
     flags.DEFINE_integer(
         "beam_size", 3, "Beam width of the served decoder; 1: greedy.", lower_bound=1
+    )
+    flags.DEFINE_string(
+        "encoder_file",
+        "",
+        "Also write the trained encoder's weights here (*.weights.h5), for a later "
+        "--encoder_weights.",
     )
     app.run(main)

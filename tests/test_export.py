@@ -112,6 +112,19 @@ def test_bad_bytes_raise_invalid_argument_and_the_next_request_works(
     np.testing.assert_array_equal(serve(image_bytes=tf.constant([good]))["caption"], expected)
 
 
+def test_encoder_file_reloads_as_the_jobs_encoder(trained_job, tmp_path):
+    from trainer import model as model_lib
+    from trainer import train
+
+    path = export.export_encoder(trained_job, str(tmp_path / "enc" / "encoder.weights.h5"))
+    model, _, config = train.restore(trained_job)
+    cnn = model_lib.build_cnn(path, config.image_size)
+    images = tf.random.uniform([2, config.image_size, config.image_size, 3], -1, 1, seed=3)
+    np.testing.assert_allclose(cnn(images), model.cnn(images), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        export.export_encoder(trained_job, str(tmp_path / "encoder.h5"))
+
+
 def test_saved_model_holds_no_python_functions(exported):
     graph = open(os.path.join(exported, "saved_model.pb"), "rb").read()
     assert b"PyFunc" not in graph and b"EagerPyFunc" not in graph

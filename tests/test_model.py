@@ -85,5 +85,24 @@ def test_unavailable_encoder_weights_name_the_offline_fix(tmp_path):
         model_lib.build_cnn(str(missing), 32)
 
 
+def test_random_encoder_starts_shallow_and_a_weights_file_loads_exactly(tmp_path):
+    cnn = model_lib.build_cnn("none", 32)
+    residual = model_lib.residual_block_outputs(cnn)
+    assert len(residual) == 9  # EfficientNetB0: 16 blocks, 9 of them add their input back.
+    assert all(not np.any(layer.gamma.numpy()) for layer in residual)
+    rng = np.random.default_rng(0)
+    for layer in residual:  # As if trained: the loaded file must win over the zero-γ start.
+        layer.gamma.assign(rng.normal(size=layer.gamma.shape).astype(np.float32))
+    path = str(tmp_path / "encoder.weights.h5")
+    cnn.save_weights(path)
+    loaded = model_lib.build_cnn(path, 32)
+    for saved, restored in zip(cnn.weights, loaded.weights):
+        np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+    images = tf.constant(rng.uniform(-1, 1, size=(2, 32, 32, 3)), tf.float32)
+    np.testing.assert_allclose(
+        loaded(images, training=False), cnn(images, training=False), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_reserved_ids_match_text_module():
     assert (text.PAD_ID, text.START_ID, text.END_ID) == (0, 2, 3)
