@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -336,7 +337,12 @@ def train(config: TrainConfig) -> dict:
         current = int(step.numpy())
         epoch, skip = divmod(current, steps_per_epoch)
         print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
-        progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        progress = keras.utils.Progbar(
+            steps_per_epoch,
+            # A log file gets one line per epoch, not one bar per step.
+            verbose=1 if sys.stdout.isatty() else 2,
+            stateful_metrics=["loss", "accuracy"],
+        )
         iterator = iter(epoch_dataset(epoch, train_files, shuffle=True, drop=True))
         for _ in range(skip):  # Resume mid-epoch at the very batch where the run stopped.
             next(iterator)
