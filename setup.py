@@ -11,6 +11,8 @@ setuptools.setup(
     description="Flickr30k image captioning: Beam → TFRecords → tf.distribute → TF Serving",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["preprocess", "trainer", "serving"]),
+    # The demo's encoder weights (`make encoder` rebuilds them; see trainer/weights/README.md).
+    package_data={"trainer": ["weights/*.weights.h5", "weights/*.md"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",

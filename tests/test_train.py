@@ -88,19 +88,34 @@ def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(tiny_data, tmp
     assert written["flags"]["batch_size"] == 8 and written["identity"]["vocab_size"] > 4
 
 
-def test_resumed_run_ends_equal_to_an_uninterrupted_one(tiny_data, tmp_path):
-    whole = tiny_config(tiny_data, tmp_path / "whole", epochs=2)
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_resumed_run_ends_equal_to_an_uninterrupted_one(tiny_data, tmp_path, lr_schedule):
+    whole = tiny_config(tiny_data, tmp_path / "whole", epochs=2, lr_schedule=lr_schedule)
     train.train(whole)
     interrupted = tiny_config(
-        tiny_data, tmp_path / "resumed", epochs=2, max_steps=4, checkpoint_every_steps=1
+        tiny_data,
+        tmp_path / "resumed",
+        epochs=2,
+        max_steps=4,
+        checkpoint_every_steps=1,
+        lr_schedule=lr_schedule,
     )
     assert train.train(interrupted)["step"] == 4  # Stopped mid-epoch 2 (3 steps per epoch).
-    resumed = tiny_config(tiny_data, tmp_path / "resumed", epochs=2)
+    resumed = tiny_config(tiny_data, tmp_path / "resumed", epochs=2, lr_schedule=lr_schedule)
     assert train.train(resumed)["step"] == 6
     whole_model, _, _ = train.restore(str(tmp_path / "whole"))
     resumed_model, _, _ = train.restore(str(tmp_path / "resumed"))
     for a, b in zip(whole_model.get_weights(), resumed_model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_cosine_schedule_decays_to_one_percent_over_the_given_steps(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "job", learning_rate=0.02, lr_schedule="cosine")
+    schedule = train.learning_rate_schedule(config, total_steps=100)
+    rates = [float(schedule(step)) for step in (0, 50, 100)]
+    np.testing.assert_allclose(rates, [0.02, 0.0101, 0.0002], rtol=1e-3)
+    with pytest.raises(ValueError, match="--lr_schedule=linear"):
+        train.make_optimizer(tiny_config(tiny_data, tmp_path / "job", lr_schedule="linear"))
 
 
 def test_missing_data_dir_names_the_fix(tmp_path):

@@ -51,6 +51,12 @@ flags.DEFINE_integer(
     "batch_size", defaults.batch_size, "Global batch, split across replicas.", lower_bound=1
 )
 flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.")
+flags.DEFINE_enum(
+    "lr_schedule",
+    defaults.lr_schedule,
+    list(train.LR_SCHEDULES),
+    "constant, or cosine: decay to 1% of --learning_rate over all epochs' steps.",
+)
 flags.DEFINE_float("clipnorm", defaults.clipnorm, "Clip the global gradient norm; 0: off.")
 flags.DEFINE_integer(
     "vocab_size", defaults.vocab_size, "Reserved tokens + most frequent words.", lower_bound=5

@@ -44,6 +44,7 @@ class TrainConfig:
     epochs: int = 25
     batch_size: int = 64  # Global: split across replicas.
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # Or "cosine": decays to 1% of learning_rate by the last step.
     clipnorm: float = 5.0
     vocab_size: int = 5000
     max_length: int = 25
@@ -136,11 +137,30 @@ class Adam(_PreReduced, keras.optimizers.Adam):
     pass
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr_schedule={config.lr_schedule}: choose one of {LR_SCHEDULES}")
     optimizer = Adam(config.learning_rate, global_clipnorm=config.clipnorm or None)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    """step → learning rate; `cosine` decays to 1% of --learning_rate over `total_steps`.
+
+    The loop assigns the rate to the optimizer's own variable before each step, rather than
+    giving Keras a schedule object: the optimizer's variables (and so its checkpoints) stay the
+    same whichever schedule a run uses, so a run can be resumed with another schedule.
+    """
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=max(total_steps, 1), alpha=0.01
+        )
+    return lambda step: config.learning_rate
 
 
 def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], batches: int = 8):
@@ -250,6 +270,9 @@ def train(config: TrainConfig) -> dict:
             f"--data_dir={config.data_dir}: the train split has {train_examples} examples, "
             f"fewer than one --batch_size={config.batch_size}; lower the batch size or add data"
         )
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
     identity = _config_identity(config, manifest, tokens)
     _check_resume(config.job_dir, identity)
     tokenizer = data.Tokenizer(tokens, config.max_length)
@@ -328,9 +351,8 @@ def train(config: TrainConfig) -> dict:
     val_writer = _summary_writer(config.job_dir, "val", chief)
 
     # The loop ----------------------------------------------------------------------------------
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
+    # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
+    schedule = learning_rate_schedule(config, steps_per_epoch * config.epochs)
     history: list[dict] = []
     val_metrics: dict = {}
     while int(step.numpy()) < total_steps:
@@ -350,6 +372,7 @@ def train(config: TrainConfig) -> dict:
         for position in range(skip, steps_per_epoch):
             if current >= total_steps:
                 break
+            optimizer.learning_rate = float(schedule(current))
             loss, accuracy = train_step(next(iterator))
             loss_value = float(loss.numpy())
             if not math.isfinite(loss_value):
