@@ -90,12 +90,16 @@ def test_random_encoder_starts_shallow_and_a_weights_file_loads_exactly(tmp_path
     residual = model_lib.residual_block_outputs(cnn)
     assert len(residual) == 9  # EfficientNetB0: 16 blocks, 9 of them add their input back.
     assert all(not np.any(layer.gamma.numpy()) for layer in residual)
+    drops = [layer for layer in cnn.layers if layer.name.endswith("drop")]
+    assert len(drops) == 9 and all(layer.rate == 0.0 for layer in drops)
     rng = np.random.default_rng(0)
     for layer in residual:  # As if trained: the loaded file must win over the zero-γ start.
         layer.gamma.assign(rng.normal(size=layer.gamma.shape).astype(np.float32))
     path = str(tmp_path / "encoder.weights.h5")
     cnn.save_weights(path)
     loaded = model_lib.build_cnn(path, 32)
+    assert [layer.name for layer in loaded.layers][1:] == [layer.name for layer in cnn.layers][1:]
+    assert [layer.rate for layer in loaded.layers if layer.name.endswith("drop")][-1] > 0.1
     for saved, restored in zip(cnn.weights, loaded.weights):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
     images = tf.constant(rng.uniform(-1, 1, size=(2, 32, 32, 3)), tf.float32)

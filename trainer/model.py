@@ -53,10 +53,7 @@ def build_cnn(weights: str, image_size: int) -> keras.Model:
     source = None if weights in (None, "", "none") else weights
     try:
         cnn = efficientnet.EfficientNetB0(
-            include_top=False,
-            weights=source,
-            input_shape=(image_size, image_size, 3),
-            drop_connect_rate=0.2 if source else 0.0,
+            include_top=False, weights=source, input_shape=(image_size, image_size, 3)
         )
     except Exception as error:  # The package downloads named weights; offline that fails.
         raise RuntimeError(
@@ -68,6 +65,11 @@ def build_cnn(weights: str, image_size: int) -> keras.Model:
     if source is None:
         for block_bn in residual_block_outputs(cnn):
             block_bn.gamma.assign(tf.zeros_like(block_bn.gamma))
+        # Rate 0 rather than building without the layers: every encoder has the same layers,
+        # so any checkpoint restores into any model (they are tracked by position).
+        for layer in cnn.layers:
+            if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("drop"):
+                layer.rate = 0.0
     return cnn
 
 
