@@ -5,13 +5,19 @@ caption a few held-out images from it, with attention plots. The last line print
 object with the held-out figures (`bleu4`, `true_captions` as fractions).
 
 Choices, and why (2 CPU cores, no ImageNet weights offline; measured here, see README):
-- 3,000 scenes at 96 px: shapes and colours survive the downscale, positions land on a 3×3 grid
-  of encoder locations, and an epoch of encoder training takes about a minute.
-- The encoder trains (`train_encoder`): without pretrained weights, a frozen random
-  EfficientNet's features (even with calibrated BatchNorm) taught the decoder the grammar but not
-  the scene (7 epochs at 64 px, 5 at 160 px: near-identical captions for every image).
-- One caption drawn at random per image and epoch (`caption_sampling=random`): every caption
-  teaches over the epochs, at the cost of one encoder pass per image.
+- The encoder is the shipped `trainer/weights/efficientnetb0_shapes64.weights.h5`, trained from
+  random weights on 10,000 other sample scenes (seed 1; the demo's are seed 0) by `make encoder`
+  in about 47 minutes. It plays the part ImageNet weights play for Flickr30k. Without it the
+  encoder must learn from scratch inside the 15 minutes: 10 epochs of encoder training on 2,400
+  images reached held-out BLEU-4 0.37 and 10% true captions; a frozen *random* EfficientNet, even
+  with calibrated BatchNorm, taught the decoder only the grammar.
+- The encoder stays frozen, so its features are computed once per image and cached: a decoder
+  epoch over every caption of every image (`caption_sampling=all`, 12,000 captions) takes under
+  a minute, against one image per step through EfficientNet when it trains.
+- 3,000 scenes at 64 px, the size the encoder was trained at (2×2 encoder locations; EfficientNet
+  costs 2.25× less per image than at 96 px).
+- A cosine learning-rate decay (`lr_schedule=cosine`) settles the decoder in the last epochs.
+`--encoder_weights=none --train_encoder` reproduces the from-scratch figures.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from serving import export, predict
 from trainer import evaluate, train
 
 FLAGS = flags.FLAGS
+# Built by `make encoder` (see trainer/weights/README.md); shipped so the demo runs offline.
+DEMO_ENCODER = os.path.join(
+    os.path.dirname(train.__file__), "weights", "efficientnetb0_shapes64.weights.h5"
+)
 
 
 def demo(
@@ -40,6 +50,8 @@ def demo(
     show: int,
     strategy: str,
     cpu_devices: int,
+    encoder_weights: str = DEMO_ENCODER,
+    train_encoder: bool = False,
 ) -> dict:
     started = time.perf_counter()
     raw_dir = os.path.join(out_dir, "sample")
@@ -73,9 +85,12 @@ def demo(
         epochs=epochs,
         batch_size=batch_size,
         image_size=image_size,
-        encoder_weights="none",
-        train_encoder=True,
-        caption_sampling="random",
+        encoder_weights=encoder_weights,
+        train_encoder=train_encoder,
+        # A frozen encoder's features are cached: every caption of every image is cheap to use.
+        # A training encoder reads each image once per epoch, with one caption drawn at random.
+        caption_sampling="random" if train_encoder else "all",
+        lr_schedule="cosine",
         sample_captions=3,
     )
     train.train(config)
@@ -107,6 +122,8 @@ def demo(
         "beam_size": beam_size,
         "epochs": epochs,
         "image_size": image_size,
+        "encoder_weights": os.path.basename(encoder_weights),
+        "train_encoder": train_encoder,
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "export": version_dir,
     }
@@ -128,17 +145,28 @@ def main(argv):
         FLAGS.show,
         FLAGS.strategy,
         FLAGS.cpu_devices,
+        FLAGS.encoder_weights,
+        FLAGS.train_encoder,
     )
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("out_dir", "demo_out", "Everything the demo writes goes here.")
     flags.DEFINE_integer("images", 3000, "Sample scenes to generate.", lower_bound=50)
-    flags.DEFINE_integer("image_size", 96, "Encoder input side, pixels.", lower_bound=32)
-    flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 32, "Global batch.", lower_bound=1)
+    flags.DEFINE_integer("image_size", 64, "Encoder input side, pixels.", lower_bound=32)
+    flags.DEFINE_integer("epochs", 15, "Training epochs.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 64, "Global batch.", lower_bound=1)
     flags.DEFINE_integer("beam_size", 3, "Beam width for evaluation and serving.", lower_bound=1)
     flags.DEFINE_integer("show", 4, "Held-out images to caption and plot.", lower_bound=1)
     flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see trainer.task).")
     flags.DEFINE_integer("cpu_devices", 0, "Logical CPU devices for mirrored.", lower_bound=0)
+    flags.DEFINE_string(
+        "encoder_weights",
+        DEMO_ENCODER,
+        "EfficientNetB0 weights: the shipped file (pretrained on other sample scenes), none "
+        "(random; add --train_encoder), imagenet (needs the internet) or a path.",
+    )
+    flags.DEFINE_bool(
+        "train_encoder", False, "Fine-tune the encoder too (slower: no feature cache)."
+    )
     app.run(main)
