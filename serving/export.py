@@ -171,8 +171,14 @@ def export(
     model_name: str = DEFAULT_MODEL_NAME,
     version: int = 0,
     beam_size: int = 1,
+    encoder_file: str = "",
 ) -> str:
-    """Export the latest checkpoint of `job_dir`; returns EXPORT_DIR/MODEL_NAME/VERSION."""
+    """Export the latest checkpoint of `job_dir`; returns EXPORT_DIR/MODEL_NAME/VERSION.
+
+    `encoder_file` also writes the encoder's weights there (see `export_encoder`), from the
+    same restored model.
+    """
+    _check_encoder_file(encoder_file)
     model, tokens, config = train.restore(job_dir)
     model_dir = os.path.join(export_dir, model_name)
     version = version or next_version(model_dir)
@@ -183,17 +189,27 @@ def export(
     module = CaptionModule(model, tokens, config.max_length, beam_size, vocab_path)
     export_module(module, version_dir)
     write_models_config(export_dir)
+    if encoder_file:
+        _save_encoder(model, encoder_file)
     return version_dir
+
+
+def _check_encoder_file(path: str) -> None:
+    if path and not path.endswith(".weights.h5"):
+        raise ValueError(f"--encoder_file={path}: name it *.weights.h5 (Keras' weights format)")
+
+
+def _save_encoder(model, path: str) -> str:
+    tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(path)))
+    model.cnn.save_weights(path)
+    return path
 
 
 def export_encoder(job_dir: str, path: str) -> str:
     """The encoder of `job_dir`'s latest checkpoint → an EfficientNetB0 notop weights file."""
-    if not path.endswith(".weights.h5"):
-        raise ValueError(f"--encoder_file={path}: name it *.weights.h5 (Keras' weights format)")
+    _check_encoder_file(path)
     model, _, _ = train.restore(job_dir)
-    tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(path)))
-    model.cnn.save_weights(path)
-    return path
+    return _save_encoder(model, path)
 
 
 FLAGS = flags.FLAGS
@@ -201,11 +217,18 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # Everything comes from flags.
-    path = export(FLAGS.job_dir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version, FLAGS.beam_size)
+    path = export(
+        FLAGS.job_dir,
+        FLAGS.export_dir,
+        FLAGS.model_name,
+        FLAGS.version,
+        FLAGS.beam_size,
+        encoder_file=FLAGS.encoder_file,
+    )
     print(f"exported {path}")
     print(f"inspect: saved_model_cli show --dir {path} --all")
     if FLAGS.encoder_file:
-        print(f"encoder weights: {export_encoder(FLAGS.job_dir, FLAGS.encoder_file)}")
+        print(f"encoder weights: {FLAGS.encoder_file}")
 
 
 if __name__ == "__main__":

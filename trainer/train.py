@@ -372,7 +372,8 @@ def train(config: TrainConfig) -> dict:
         for position in range(skip, steps_per_epoch):
             if current >= total_steps:
                 break
-            optimizer.learning_rate = float(schedule(current))
+            learning_rate = float(schedule(current))
+            optimizer.learning_rate = learning_rate
             loss, accuracy = train_step(next(iterator))
             loss_value = float(loss.numpy())
             if not math.isfinite(loss_value):
@@ -387,7 +388,7 @@ def train(config: TrainConfig) -> dict:
             with train_writer.as_default(step=current):
                 tf.summary.scalar("loss", loss_value)
                 tf.summary.scalar("token_accuracy", float(accuracy))
-                tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
+                tf.summary.scalar("learning_rate", learning_rate)
             every = config.checkpoint_every_steps
             if every and current % every == 0:
                 save_checkpoint(manager, model, current)
