@@ -10,7 +10,6 @@ object; `value` is the preprocess R², `baseline` 1.0 (a perfect straight line).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench._report import report  # noqa: E402
 from preprocess import run as preprocess_run  # noqa: E402
 from preprocess import sample_data  # noqa: E402
 
@@ -84,21 +84,19 @@ def main() -> None:
             epoch_seconds.append(steps_images / history["images_per_second"])
     preprocess = linear_fit(sizes, preprocess_seconds)
     epoch = linear_fit(sizes, epoch_seconds)
-    print(
-        json.dumps(
-            {
-                "bench": "cost_growth",
-                "value": preprocess["r2"],
-                "unit": "R² of a linear fit (preprocess seconds vs images)",
-                "baseline": 1.0,
-                "ratio": preprocess["r2"],
-                "sizes": sizes,
-                "preprocess": preprocess,
-                "train_epoch": epoch,
-                "note": "train epoch: encoder trained (as make demo); its time includes the "
-                "tf.function warm-up of the first step",
-            }
-        )
+    report(
+        {
+            "bench": "cost_growth",
+            "value": preprocess["r2"],
+            "unit": "R² of a linear fit (preprocess seconds vs images)",
+            "baseline": 1.0,
+            "ratio": preprocess["r2"],
+            "sizes": sizes,
+            "preprocess": preprocess,
+            "train_epoch": epoch,
+            "note": "train epoch: encoder trained (as make demo); its time includes the "
+            "tf.function warm-up of the first step",
+        }
     )
 
 

@@ -18,7 +18,6 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from serving_throughput import draw_jpegs  # noqa: E402
 
+from bench._report import report  # noqa: E402
 from preprocess import records, text  # noqa: E402
 from trainer import data  # noqa: E402
 
@@ -189,11 +189,8 @@ def main() -> None:
         shards=args.shards,
         batch=args.batch,
         image_size=IMAGE_SIZE,
-        cores=cores,
-        loadavg_1min=round(os.getloadavg()[0], 2),
-        tensorflow=tf.__version__,
     )
-    print(json.dumps(figures))
+    report(figures)
 
 
 if __name__ == "__main__":

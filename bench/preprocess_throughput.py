@@ -10,7 +10,6 @@ measured in the same run. The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench._report import report  # noqa: E402
 from preprocess import images, run, sample_data  # noqa: E402
 
 IMAGE_SIZE = 224
@@ -62,23 +62,20 @@ def main() -> None:
     written = manifest["counts"]["images_written"]
     value = written / job_seconds
     baseline = cores * loop_rate
-    print(
-        json.dumps(
-            {
-                "bench": "preprocess_throughput",
-                "value": round(value, 2),
-                "unit": "images/s",
-                "baseline": round(baseline, 2),
-                "ratio": round(value / baseline, 4),
-                "images": written,
-                "seconds": round(job_seconds, 2),
-                "cores": cores,
-                "workers": args.workers,
-                "loop_images_per_s": round(loop_rate, 2),
-                "sample_generate_seconds": round(generate_seconds, 2),
-                "image_size": IMAGE_SIZE,
-            }
-        )
+    report(
+        {
+            "bench": "preprocess_throughput",
+            "value": round(value, 2),
+            "unit": "images/s",
+            "baseline": round(baseline, 2),
+            "ratio": round(value / baseline, 4),
+            "images": written,
+            "seconds": round(job_seconds, 2),
+            "workers": args.workers,
+            "loop_images_per_s": round(loop_rate, 2),
+            "sample_generate_seconds": round(generate_seconds, 2),
+            "image_size": IMAGE_SIZE,
+        }
     )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import io
-import json
 import logging
 import os
 import random
@@ -35,6 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
 
 GOOD, TOLERATED, BAD = "good", "tolerated", "bad"
@@ -353,9 +353,6 @@ def main() -> None:
         },
         "image_size": args.image_size,
         "export_seconds": round(export_seconds, 1),
-        "cores": os.cpu_count(),
-        "loadavg_1min": round(os.getloadavg()[0], 2),
-        "tensorflow": tf.__version__,
         "note": (
             "random weights (encoder_weights=none, nothing trained): a load test, not a quality "
             "one; each request is a batch of one image; half the requests are hostile bytes; "
@@ -363,7 +360,7 @@ def main() -> None:
             "so requests/s vary with other jobs (see loadavg_1min)"
         ),
     }
-    print(json.dumps(figures))
+    report(figures)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import os
 import sys
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
 from serving.export import CaptionModule, export_module  # noqa: E402
 from trainer.data import decode_and_resize  # noqa: E402
@@ -202,9 +202,6 @@ def main() -> None:
         mean_tokens_eager=round(float(eager_lengths.mean()), 2),
         eager_equals_served=f"{same}/{compared}",
         export_seconds={str(beam): round(seconds, 1) for beam, seconds in export_seconds.items()},
-        cores=os.cpu_count(),
-        loadavg_1min=round(os.getloadavg()[0], 2),
-        tensorflow=tf.__version__,
         note=(
             "random weights, encoder_weights=none; <end> logit bias set to -1e4 in the weights "
             "both sides use, so every image is decoded for all 24 steps by both (equal work); "
@@ -212,7 +209,7 @@ def main() -> None:
             "per-image decode+preprocess, encode, Python loop of model.step/logits with argmax"
         ),
     )
-    print(json.dumps(figures))
+    report(figures)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -32,6 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
 from trainer import train  # noqa: E402
 from trainer.model import CNN_CHANNELS, Captioner, masked_loss_sum  # noqa: E402
@@ -250,43 +250,38 @@ def main() -> None:
     gflops_first, gflops = max(first_rates), max(probe.rates)
     best_jit = max(("jit_false", "jit_true"), key=lambda name: figures[name]["best"])
     value, baseline = figures[best_jit]["best"], figures["eager"]["best"]
-    print(
-        json.dumps(
-            {
-                "bench": "train_step",
-                "value": round(value, 2),
-                "unit": "captions/s",
-                "baseline": round(baseline, 2),
-                "ratio": round(value / baseline, 3),
-                "roofline": round(value * FLOP_PER_CAPTION / (gflops * 1e9), 4),
-                "matmul_gflops": round(gflops, 1),
-                "matmul_gflops_first": round(gflops_first, 1),
-                "matmul_gflops_median": round(float(np.median(probe.rates)), 1),
-                "matmul_windows": len(probe.rates),
-                "best_jit_compile": best_jit == "jit_true",
-                "captions_per_s_jit_false": round(figures["jit_false"]["best"], 2),
-                "captions_per_s_jit_true": round(figures["jit_true"]["best"], 2),
-                "median_captions_per_s": {
-                    name: round(figure["median"], 2) for name, figure in figures.items()
-                },
-                "median_ratio": round(figures[best_jit]["median"] / figures["eager"]["median"], 3),
-                "timed_steps": {name: figure["steps"] for name, figure in figures.items()},
-                "warmup_seconds": {name: round(sec, 1) for name, sec in warmup_seconds.items()},
-                "rounds": args.rounds,
-                "eager_seconds_per_step": round(args.batch / baseline, 3),
-                "initial_loss_graph": round(loss_graph, 5),
-                "initial_loss_eager": round(loss_eager, 5),
-                "batch": args.batch,
-                "vocab": args.vocab,
-                "decoder_steps": args.max_length - 1,
-                "embedding_dim": args.embedding_dim,
-                "units": args.units,
-                "locations": LOCATIONS,
-                "cores": os.cpu_count(),
-                "loadavg_1min": round(os.getloadavg()[0], 2),
-                "tensorflow": tf.__version__,
-            }
-        )
+    report(
+        {
+            "bench": "train_step",
+            "value": round(value, 2),
+            "unit": "captions/s",
+            "baseline": round(baseline, 2),
+            "ratio": round(value / baseline, 3),
+            "roofline": round(value * FLOP_PER_CAPTION / (gflops * 1e9), 4),
+            "matmul_gflops": round(gflops, 1),
+            "matmul_gflops_first": round(gflops_first, 1),
+            "matmul_gflops_median": round(float(np.median(probe.rates)), 1),
+            "matmul_windows": len(probe.rates),
+            "best_jit_compile": best_jit == "jit_true",
+            "captions_per_s_jit_false": round(figures["jit_false"]["best"], 2),
+            "captions_per_s_jit_true": round(figures["jit_true"]["best"], 2),
+            "median_captions_per_s": {
+                name: round(figure["median"], 2) for name, figure in figures.items()
+            },
+            "median_ratio": round(figures[best_jit]["median"] / figures["eager"]["median"], 3),
+            "timed_steps": {name: figure["steps"] for name, figure in figures.items()},
+            "warmup_seconds": {name: round(sec, 1) for name, sec in warmup_seconds.items()},
+            "rounds": args.rounds,
+            "eager_seconds_per_step": round(args.batch / baseline, 3),
+            "initial_loss_graph": round(loss_graph, 5),
+            "initial_loss_eager": round(loss_eager, 5),
+            "batch": args.batch,
+            "vocab": args.vocab,
+            "decoder_steps": args.max_length - 1,
+            "embedding_dim": args.embedding_dim,
+            "units": args.units,
+            "locations": LOCATIONS,
+        }
     )
 
 

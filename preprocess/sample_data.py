@@ -3,8 +3,9 @@
     python -m preprocess.sample_data --output_dir=data/sample --num_images=1000 --seed=0
 
 Writes `flickr30k_images/*.jpg`, `results.csv` (the Kaggle header and five captions per image)
-and `scenes.json`: filename → {"objects": [{"shape", "color", "size", "x", "y", "radius", "gap"}]}
-(centre and half-extent in pixels, and the clear gap a relation needs). Every command runs
+and `scenes.json`: filename → {"objects": [{"shape", "color", "size", "x", "y", "radius", "gap"}],
+"width", "height"} (centre and half-extent in pixels, the clear gap a relation needs, and the
+image's size). Every command runs
 offline on it, and captions can be checked: `caption_is_true` parses a caption with the same
 small grammar that wrote it.
 
@@ -193,7 +194,7 @@ def generate(
         _draw(objects, rng, width, height).save(os.path.join(images_dir, filename), quality=90)
         for number, caption in enumerate(scene_captions(objects, rng)):
             rows.append(f"{filename}| {number}| {caption}")
-        scenes[filename] = {"objects": objects}
+        scenes[filename] = {"objects": objects, "width": width, "height": height}
     with open(os.path.join(output_dir, CAPTIONS_FILENAME), "w", encoding="utf-8") as csv_file:
         csv_file.write("\n".join(rows) + "\n")
     with open(os.path.join(output_dir, SCENES_FILENAME), "w", encoding="utf-8") as scenes_file:
