@@ -15,6 +15,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 
 import numpy as np
 import tensorflow as tf
@@ -100,7 +101,8 @@ def plot_attention(path: str, result: dict, out_path: str) -> None:
     for axis in axes.flat:
         axis.axis("off")
     axes.flat[0].imshow(image)
-    axes.flat[0].set_title(result["caption"].decode(), fontsize=8)
+    axes.flat[0].set_title("input")
+    figure.suptitle(textwrap.fill(result["caption"].decode(), 15 * columns))
     extent = (0, image.shape[1], image.shape[0], 0)
     for axis, word, weights in zip(axes.flat[1:], words, attention):
         axis.imshow(image, extent=extent)
