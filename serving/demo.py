@@ -17,8 +17,9 @@ Choices, and why (2 CPU cores, no ImageNet weights offline; measured here, see R
 - The encoder stays frozen, so its features are computed once per image and cached, and the
   decoder trains on every caption of every image (`caption_sampling=all`): an epoch over 24,000
   captions takes about a minute, against one image per step through EfficientNet when it trains.
-- 6,000 scenes for 8 epochs rather than 3,000 for 15 (the same number of steps): with the same
-  encoder, held-out true captions 66% vs 55%; the decoder overfits a small set of frozen features.
+- 6,000 scenes for 8 epochs rather than 3,000 for 15 (the same number of steps): with an
+  earlier encoder (10,000 pretraining scenes), held-out true captions 66% vs 55%; the decoder
+  overfits a small set of frozen features. Measured: BLEU-4 0.856, 83.7% true, 13.9 minutes.
 - 64 px, the size the encoder was trained at (2×2 encoder locations; EfficientNet costs 2.25×
   less per image than at 96 px).
 - A cosine learning-rate decay (`lr_schedule=cosine`) settles the decoder in the last epochs.
