@@ -112,7 +112,8 @@ def test_pretrain_writes_encoder_weights_the_trainer_loads(tiny_data, tmp_path):
         verbose=0,
     )
     assert len(figures["train_loss"]) == 2
-    assert 0.0 <= figures["test"]["scene_accuracy"] <= 1.0
+    assert 0.0 <= figures["test"]["scene_accuracy"] <= 1.0 and figures["test"]["images"] == 6
+    assert len(figures["val_scene_accuracy"]) == 2  # Logged every epoch.
     with open(output + ".json") as figures_file:
         assert json.load(figures_file)["val"] == figures["val"]
     assert os.listdir(tmp_path / "job" / "logs")  # TensorBoard.
