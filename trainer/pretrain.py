@@ -177,8 +177,9 @@ def make_dataset(
             message=f"an image in {data_dir} has no entry in the scenes file; pass the "
             "scenes.json of the data set these shards were made from",
         )
-        with tf.control_dependencies([check]):
-            image = data.decode_and_resize(example[records.IMAGE_ENCODED], image_size)
+        with tf.control_dependencies([check]):  # The gather below reads only a checked index.
+            index = tf.identity(index)
+        image = data.decode_and_resize(example[records.IMAGE_ENCODED], image_size)
         return image, tf.gather(all_targets, index)
 
     training = split == "train"
