@@ -14,6 +14,11 @@ def model():
     return small_model()
 
 
+@pytest.fixture(scope="module")
+def model64():
+    return small_model(image_size=64)  # 2×2 = 4 locations.
+
+
 def random_features(batch=3, locations=1, seed=1):
     rng = np.random.default_rng(seed)
     return tf.constant(rng.normal(size=(batch, locations, model_lib.CNN_CHANNELS)), tf.float32)
@@ -63,11 +68,30 @@ def test_pad_targets_contribute_nothing_to_the_loss(model):
     assert abs(other_target.numpy() - loss.numpy()) > 1e-4
 
 
-def test_attention_regularisation_adds_a_positive_penalty(model):
+def test_the_decoder_knows_where_each_feature_is(model64):
+    # Attention's context is a weighted sum over locations: without a location embedding the
+    # logits could not change when two locations' contents are swapped (left ↔ right).
+    features = random_features(locations=4).numpy()
+    swapped = features[:, [1, 0, 2, 3]]
+    ids = tf.constant([[2, 4, 5, 6, 7]] * 3)
+    logits, _ = model64({"cnn_features": tf.constant(features), "input_ids": ids})
+    logits_swapped, _ = model64({"cnn_features": tf.constant(swapped), "input_ids": ids})
+    assert np.abs(logits.numpy() - logits_swapped.numpy()).max() > 1e-4
+    # The same content at every location still comes out different per location.
+    prepared, _ = model64.prepare(tf.tile(random_features(locations=1), [1, 4, 1]))
+    assert np.abs(prepared[:, 0].numpy() - prepared[:, 1].numpy()).max() > 1e-4
+
+
+def test_features_of_another_image_size_are_refused(model64):
+    with pytest.raises(ValueError, match="64 px images .4 locations"):
+        model64.prepare(random_features(locations=49))
+
+
+def test_attention_regularisation_adds_a_positive_penalty(model64):
     features = random_features(locations=4)
     ids = tf.constant([[2, 4, 5, 0, 0]] * 3)
     targets = tf.constant([[4, 5, 3, 0, 0]] * 3)
-    logits, attention = model({"cnn_features": features, "input_ids": ids})
+    logits, attention = model64({"cnn_features": features, "input_ids": ids})
     plain, _, _ = model_lib.masked_loss_sum(targets, logits, attention, 0.0)
     regularised, _, _ = model_lib.masked_loss_sum(targets, logits, attention, 1.0)
     assert regularised.numpy() > plain.numpy()

@@ -134,6 +134,13 @@ class Captioner(keras.Model):
         self.cnn = build_cnn(encoder_weights, image_size)
         self.cnn.trainable = train_encoder
         self.fc = keras.layers.Dense(embedding_dim, activation="relu", name="fc")
+        # Which location a feature came from. The attention context is a weighted *sum* over
+        # locations, so without this the decoder could not tell left from right: the features
+        # say what is there, not where (measured on the sample: every "to the left of"/"to the
+        # right of" no better than chance, no "above"/"below" ever said).
+        self.location_embedding = keras.layers.Embedding(
+            num_locations(image_size), embedding_dim, name="location_embedding"
+        )
         self.attention_keys = keras.layers.Dense(units, name="attention_keys")
         self.attention_score = keras.layers.Dense(1, name="attention_score")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
@@ -156,8 +163,20 @@ class Captioner(keras.Model):
         return tf.reshape(feature_map, [tf.shape(feature_map)[0], locations, CNN_CHANNELS])
 
     def prepare(self, cnn_features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """CNN features → (features [B, L, E] after the FC layer, attention keys [B, L, U])."""
+        """CNN features → (features [B, L, E], attention keys [B, L, U]).
+
+        Features are the FC layer's output plus a learned embedding of each location, so what
+        attention reads out of them also says where it looked.
+        """
+        locations = self.location_embedding.input_dim
+        if cnn_features.shape[1] not in (None, locations):
+            raise ValueError(
+                f"CNN features of {cnn_features.shape[1]} locations for a model built for "
+                f"{self.image_size} px images ({locations} locations); encode the images at "
+                f"{self.image_size} px or build the model for their size"
+            )
         features = self.fc(tf.cast(cnn_features, self.compute_dtype))
+        features += self.location_embedding(tf.range(tf.shape(features)[1]))[None]
         return features, self.attention_keys(features)
 
     # Decoder ---------------------------------------------------------------------------------
