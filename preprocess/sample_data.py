@@ -263,21 +263,43 @@ def _matches(description: dict, obj: dict) -> bool:
     return all(obj[key] == value for key, value in description.items())
 
 
-def caption_is_true(caption: str, objects: list[dict]) -> bool:
-    """True iff the normalised caption parses and every object and relation it states holds."""
+# Why a caption is false, in the order `caption_error` checks.
+FALSE_REASONS = ("off_grammar", "absent_object", "wrong_size", "wrong_relation")
+
+
+def caption_error(caption: str, objects: list[dict]) -> str | None:
+    """Why a normalised caption is false of its scene (the first of FALSE_REASONS), or None.
+
+    off_grammar: it does not parse. absent_object: it names a (colour, shape) the scene does not
+    hold. wrong_size: it names one the scene holds, at the other size. wrong_relation: every
+    object it names is there, but a relation it states between two of them does not hold.
+    """
     clauses = parse_caption(caption)
     if clauses is None:
-        return False
+        return "off_grammar"
+    for description in (d for clause in clauses for d in (clause[0], clause[2]) if d):
+        kind = [
+            o
+            for o in objects
+            if (o["color"], o["shape"]) == (description["color"], description["shape"])
+        ]
+        if not kind:
+            return "absent_object"
+        if not any(_matches(description, obj) for obj in kind):
+            return "wrong_size"
     for first, relation, second in clauses:
-        firsts = [obj for obj in objects if _matches(first, obj)]
-        if not firsts:
-            return False
         if relation is None:
             continue
+        firsts = [obj for obj in objects if _matches(first, obj)]
         seconds = [obj for obj in objects if _matches(second, obj)]
         if not any(a is not b and relation_holds(relation, a, b) for a in firsts for b in seconds):
-            return False
-    return True
+            return "wrong_relation"
+    return None
+
+
+def caption_is_true(caption: str, objects: list[dict]) -> bool:
+    """True iff the normalised caption parses and every object and relation it states holds."""
+    return caption_error(caption, objects) is None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -117,13 +117,15 @@ def demo(
     scenes = sample_data.load_scenes(raw_dir)
     for line in lines:
         objects = scenes[os.path.basename(line["image"])]["objects"]
-        verdict = "true" if sample_data.caption_is_true(line["caption"], objects) else "FALSE"
+        error = sample_data.caption_error(line["caption"], objects)
+        verdict = f"FALSE: {error}" if error else "true"
         print(f"  {os.path.basename(line['image'])}: {line['caption']!r} ({verdict})")
     print(f"  attention plots: {plots}/")
     summary = {
         "bleu4": round(metrics["bleu4"], 4),
         "true_captions": round(metrics.get("true_captions", float("nan")), 4),
         "bleu1": round(metrics["bleu1"], 4),
+        "false_captions": metrics.get("false_captions"),
         "test_images": metrics["images"],
         "beam_size": beam_size,
         "epochs": epochs,

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from preprocess import sample_data
 from serving import demo
 from trainer import model as model_lib
 
@@ -38,6 +39,11 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     )
     assert 0.0 <= summary["bleu4"] <= 1.0 and 0.0 <= summary["true_captions"] <= 1.0
     assert summary["test_images"] > 0 and summary["encoder_weights"].endswith(".weights.h5")
+    # Every held-out caption is true or false for one named reason.
+    false = summary["false_captions"]
+    assert set(false) == set(sample_data.FALSE_REASONS)
+    true = round(summary["true_captions"] * summary["test_images"])
+    assert true + sum(false.values()) == summary["test_images"]
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line)["bleu4"] == summary["bleu4"]
     assert os.path.exists(os.path.join(summary["export"], "saved_model.pb"))

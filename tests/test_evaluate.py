@@ -78,3 +78,26 @@ def test_coco_metrics_score_with_the_eval_extra():
     )
     assert {"coco_bleu4", "coco_rouge_l", "coco_cider"} <= set(scores)
     assert 0.0 < scores["coco_bleu4"] <= 1.0 and scores["coco_cider"] > 1.0
+
+
+def test_truth_figures_count_every_caption_once_and_refuse_unknown_images(tmp_path):
+    left = {"shape": "circle", "color": "red", "size": "small", "x": 20, "y": 50, "radius": 8}
+    right = {"shape": "square", "color": "blue", "size": "large", "x": 80, "y": 50, "radius": 15}
+    scenes = tmp_path / "scenes.json"
+    scenes.write_text(json.dumps({"1.jpg": {"objects": [left, right]}}))
+    hypotheses = [
+        "a red circle to the left of a blue square",
+        "a red circle to the right of a blue square",
+        "a green circle",
+        "a green circle",
+    ]
+    figures = evaluate.truth_figures(["1.jpg"] * 4, hypotheses, str(scenes))
+    assert figures["true_captions"] == 0.25
+    assert figures["false_captions"] == {
+        "off_grammar": 0,
+        "absent_object": 2,
+        "wrong_size": 0,
+        "wrong_relation": 1,
+    }
+    with pytest.raises(evaluate.data.DataError, match="no scene for 1 evaluated images"):
+        evaluate.truth_figures(["2.jpg"], ["a red circle"], str(scenes))

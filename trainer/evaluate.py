@@ -85,16 +85,30 @@ def find_scenes(data_dir: str) -> str | None:
     return next((path for path in candidates if path and tf.io.gfile.exists(path)), None)
 
 
-def true_share(filenames: list[str], hypotheses: list[str], scenes_path: str) -> float:
+def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str) -> dict:
+    """`true_captions` (share of captions true of their scene) and the false ones by reason.
+
+    `false_captions` counts each false caption once, under the first of
+    `sample_data.FALSE_REASONS` it fails. An image missing from scenes.json is an error: the
+    share would otherwise be of fewer images than the metrics say.
+    """
     from preprocess import sample_data
 
     scenes = sample_data.load_scenes(scenes_path)
-    verdicts = [
-        sample_data.caption_is_true(hyp, scenes[name]["objects"])
+    missing = sorted(set(filenames) - set(scenes))
+    if missing:
+        raise data.DataError(
+            f"{scenes_path} has no scene for {len(missing)} evaluated images (e.g. {missing[0]}); "
+            "pass the scenes.json of the data set these shards were made from"
+        )
+    errors = [
+        sample_data.caption_error(hyp, scenes[name]["objects"])
         for name, hyp in zip(filenames, hypotheses)
-        if name in scenes
     ]
-    return sum(verdicts) / max(len(verdicts), 1)
+    return {
+        "true_captions": errors.count(None) / max(len(errors), 1),
+        "false_captions": {reason: errors.count(reason) for reason in sample_data.FALSE_REASONS},
+    }
 
 
 def caption_split(
@@ -169,7 +183,7 @@ def evaluate(
     metrics.update(coco_metrics(references, hypotheses))
     scenes = find_scenes(data_dir)
     if scenes:
-        metrics["true_captions"] = true_share([row["image"] for row in rows], hypotheses, scenes)
+        metrics.update(truth_figures([row["image"] for row in rows], hypotheses, scenes))
     output_dir = output_dir or os.path.join(job_dir, f"eval_{split}")
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as out:
