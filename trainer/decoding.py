@@ -136,7 +136,7 @@ def caption(
 
     result = beam_decode(
         step_fn,
-        model.initial_state(features),
+        model.initial_state(batch_size * beam_size),
         batch_size,
         max_length - 1,
         beam_size,

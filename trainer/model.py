@@ -142,11 +142,6 @@ class Captioner(keras.Model):
             num_locations(image_size), embedding_dim, name="location_embedding"
         )
         self.attention_keys = keras.layers.Dense(units, name="attention_keys")
-        # The GRU starts from the whole feature map, flattened (Show, Attend and Tell starts it
-        # from the mean over locations, which keeps what is there but loses where).
-        self.state_from_features = keras.layers.Dense(
-            units, activation="tanh", name="initial_state"
-        )
         self.attention_score = keras.layers.Dense(1, name="attention_score")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         # GRU weights, split by what they read so each matmul runs where it is cheapest:
@@ -186,16 +181,8 @@ class Captioner(keras.Model):
 
     # Decoder ---------------------------------------------------------------------------------
 
-    def initial_state(self, features: tf.Tensor) -> tf.Tensor:
-        """Prepared features [B, L, E] → the GRU's first state [B, U], read from all of them.
-
-        A sum over attended locations cannot compare two of them; the flattened map can, so
-        the decoder knows from the start which object is left of which (the shipped demo
-        encoder was trained to make exactly this readable: trainer/pretrain.py).
-        """
-        locations = self.location_embedding.input_dim
-        flat = tf.reshape(features, [-1, locations * features.shape[-1]])
-        return self.state_from_features(flat)
+    def initial_state(self, batch_size: tf.Tensor) -> tf.Tensor:
+        return tf.zeros([batch_size, self.units], self.compute_dtype)
 
     def step(
         self, token_gates: tf.Tensor, state: tf.Tensor, features: tf.Tensor, keys: tf.Tensor
@@ -227,7 +214,7 @@ class Captioner(keras.Model):
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Training pass: input ids [B, T] → (logits [B, T, V] float32, attention [B, T, L])."""
         all_gates = self.gates_for_tokens(input_ids)
-        state = self.initial_state(features)
+        state = self.initial_state(tf.shape(input_ids)[0])
         outputs, attentions = [], []
         # T is static (the padded length), so the loop unrolls into one graph XLA can fuse.
         for position in range(input_ids.shape[1]):

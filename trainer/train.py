@@ -85,9 +85,7 @@ def _config_identity(config: TrainConfig, manifest: dict, tokens: list[str]) -> 
         "embedding_dim": config.embedding_dim,
         "units": config.units,
         "image_size": config.image_size,
-        # 2: location embedding and a first state read from the features (checkpoints from
-        # before have neither).
-        "architecture": 2,
+        "location_embedding": True,  # Checkpoints from before it have no such weights.
     }
 
 
