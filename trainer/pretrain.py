@@ -7,6 +7,9 @@ r"""Pretrain the EfficientNetB0 encoder on sample scenes' labels: `python -m tra
     python -m trainer.pretrain --data_dir=encoder_out/tfrecords \
         --scenes=encoder_out/sample/scenes.json --output=encoder.weights.h5
 
+(`make encoder` runs it twice: from random weights on 20,000 scenes, then `--init_weights=` that
+result on 40,000; trainer/weights/README.md has the figures.)
+
 Offline there are no ImageNet weights, so this builds the sample world's equivalent: an encoder
 trained by supervised classification on other images than the ones it will caption. Every
 sample scene holds at most one object of each of the 21 (colour, shape) kinds, and scenes.json
