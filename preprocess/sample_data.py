@@ -278,11 +278,8 @@ def caption_error(caption: str, objects: list[dict]) -> str | None:
     if clauses is None:
         return "off_grammar"
     for description in (d for clause in clauses for d in (clause[0], clause[2]) if d):
-        kind = [
-            o
-            for o in objects
-            if (o["color"], o["shape"]) == (description["color"], description["shape"])
-        ]
+        colour_shape = {"color": description["color"], "shape": description["shape"]}
+        kind = [obj for obj in objects if _matches(colour_shape, obj)]
         if not kind:
             return "absent_object"
         if not any(_matches(description, obj) for obj in kind):
