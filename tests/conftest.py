@@ -90,7 +90,7 @@ def pytest_configure(config):
         pass  # Already initialised (e.g. by a plugin); mirrored tests then skip.
 
 
-def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0):
+def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0, **kwargs):
     """A Captioner small enough to build in a second, with random encoder weights."""
     import keras
 
@@ -98,7 +98,12 @@ def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     model = Captioner(
-        vocab_size, embedding_dim=16, units=32, image_size=image_size, encoder_weights="none"
+        vocab_size,
+        embedding_dim=16,
+        units=32,
+        image_size=image_size,
+        encoder_weights="none",
+        **kwargs,
     )
     model.build_all(max_length=6)
     return model

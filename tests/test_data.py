@@ -76,3 +76,137 @@ def test_manifest_of_another_schema_version_is_refused(tmp_path):
 def test_missing_shards_name_the_pattern(tmp_path):
     with pytest.raises(data.DataError, match="no train shards"):
         data.shard_files(str(tmp_path), "train")
+
+
+MIRROR_TOKENS = list(text.RESERVED_TOKENS) + ["a", "square", "to", "the", "left", "right", "of"]
+
+
+def test_tokenizer_mirror_swaps_left_and_right_only():
+    tokenizer = data.Tokenizer(MIRROR_TOKENS, max_length=9)
+    ids = tokenizer.encode(tf.constant(["a square to the left of a square", "a square"]))
+    mirrored = tokenizer.mirror(ids).numpy()
+    expected = tokenizer.encode(tf.constant(["a square to the right of a square", "a square"]))
+    np.testing.assert_array_equal(mirrored, expected.numpy())
+    np.testing.assert_array_equal(tokenizer.mirror(tf.constant(mirrored)), ids)
+    # A vocabulary without the pair leaves every caption as it is.
+    plain = data.Tokenizer(TOKENS, max_length=5)
+    plain_ids = plain.encode(tf.constant(["a red square"]))
+    np.testing.assert_array_equal(plain.mirror(plain_ids), plain_ids)
+
+
+def _half_lit_jpeg(size: int = 32) -> bytes:
+    """Dark left half, light right half: mirrored, the light half is on the left."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.full((size, size, 3), 20, np.uint8)
+    pixels[:, size // 2 :] = 235
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")  # Lossless: halves stay exact.
+    return buffer.getvalue()
+
+
+def _mirror_shard(path: str, images: int = 8) -> None:
+    captions = ["a square to the left of a square", "a square", "a square to the left of a square"]
+    with tf.io.TFRecordWriter(path) as writer:
+        for index in range(images):
+            writer.write(records.encode_example(_half_lit_jpeg(), f"{index}.png", 32, 32, captions))
+
+
+def test_mirror_flips_the_image_and_swaps_left_right_in_its_caption(tmp_path):
+    path = str(tmp_path / "train-00000-of-00001.tfrecord")
+    _mirror_shard(path)
+    tokenizer = data.Tokenizer(MIRROR_TOKENS, max_length=10)
+    left, right = MIRROR_TOKENS.index("left"), MIRROR_TOKENS.index("right")
+    for sampling in ("all", "random"):
+        dataset = data.make_dataset(
+            [path], tokenizer, 64, 32, caption_sampling=sampling, mirror=True
+        )
+        batch = next(iter(dataset))
+        images, targets = batch["image"].numpy(), batch["target_ids"].numpy()
+        flipped = images[:, 0, 0, 0] > 128  # The light half is on the left.
+        assert flipped.any() and not flipped.all()  # Each pair at random: fails with p < 2^-7.
+        np.testing.assert_array_equal(
+            images[flipped], images[~flipped][:1, :, ::-1].repeat(flipped.sum(), axis=0)
+        )
+        relation = (targets == left) | (targets == right)
+        said_right = (targets == right).any(axis=1)
+        # Every caption with a relation says "left"; mirrored, it must say "right" instead.
+        assert (said_right == (flipped & relation.any(axis=1))).all()
+    # Without mirror nothing is flipped or swapped.
+    plain = next(iter(data.make_dataset([path], tokenizer, 64, 32, caption_sampling="all")))
+    assert not (plain["image"].numpy()[:, 0, 0, 0] > 128).any()
+    assert not (plain["target_ids"].numpy() == right).any()
+
+
+def test_mirror_reads_the_cached_mirrored_features_with_the_swapped_caption(tmp_path):
+    from trainer import cache
+
+    path = str(tmp_path / "cached.tfrecord")
+    original, mirrored = np.zeros([4, 3], np.float32), np.ones([4, 3], np.float32)
+    with tf.io.TFRecordWriter(path) as writer:
+        for index in range(8):
+            writer.write(
+                cache._feature_example(
+                    original,
+                    f"{index}.jpg".encode(),
+                    b"a square to the left of a square",
+                    mirrored,
+                )
+            )
+    tokenizer = data.Tokenizer(MIRROR_TOKENS, max_length=10)
+    left, right = MIRROR_TOKENS.index("left"), MIRROR_TOKENS.index("right")
+    batch = next(
+        iter(
+            data.make_dataset(
+                [path], tokenizer, 8, 32, caption_sampling="all", cached_locations=4, mirror=True
+            )
+        )
+    )
+    features = batch["cnn_features"].numpy()
+    assert features.shape == (8, 4, 3) and features.dtype == np.float16
+    flipped = features[:, 0, 0] == 1.0
+    assert flipped.any() and not flipped.all()
+    targets = batch["target_ids"].numpy()
+    assert ((targets == right).any(axis=1) == flipped).all()
+    assert ((targets == left).any(axis=1) == ~flipped).all()
+    # Unshuffled evaluation datasets (mirror=False) read the original features only.
+    plain = next(
+        iter(
+            data.make_dataset([path], tokenizer, 8, 32, caption_sampling="all", cached_locations=4)
+        )
+    )
+    assert (plain["cnn_features"].numpy() == 0).all()
+
+
+def test_feature_cache_with_mirror_stores_the_mirrored_images_features(tiny_data, tmp_path):
+    from conftest import small_model, tiny_config
+
+    from trainer import cache
+
+    model = small_model()
+    config = tiny_config(tiny_data, tmp_path)
+    files = data.shard_files(tiny_data, "val")
+    plain = cache.cached_split(model, config, "val", files)
+    mirrored = cache.cached_split(model, config, "val", files, mirror=True)
+    assert os.path.dirname(plain[0]) != os.path.dirname(mirrored[0])  # Separate caches.
+    example = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(mirrored))).numpy())
+    feature = example.features.feature
+
+    def stored(key):
+        values = np.frombuffer(feature[key].bytes_list.value[0], np.float16)
+        return values.reshape(-1, model.location_embedding.input_dim, 1280)
+
+    source = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(files))).numpy())
+    image = data.decode_and_resize(
+        source.features.feature[records.IMAGE_ENCODED].bytes_list.value[0], 32
+    )[None]
+    np.testing.assert_allclose(stored(data.CNN_FEATURES), model.encode(image), atol=2e-2, rtol=1e-2)
+    np.testing.assert_allclose(
+        stored(data.CNN_FEATURES_MIRRORED),
+        model.encode(tf.reverse(image, axis=[2])),
+        atol=2e-2,
+        rtol=1e-2,
+    )
+    assert not np.allclose(stored(data.CNN_FEATURES), stored(data.CNN_FEATURES_MIRRORED))

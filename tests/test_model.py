@@ -82,6 +82,28 @@ def test_the_decoder_knows_where_each_feature_is(model64):
     assert np.abs(prepared[:, 0].numpy() - prepared[:, 1].numpy()).max() > 1e-4
 
 
+def test_relation_layers_let_each_location_see_the_others_and_are_checkpointed(model64, tmp_path):
+    features = random_features(locations=4).numpy()
+    changed = features.copy()
+    changed[:, 3] += 1.0  # Another object at location 3 only.
+    related = small_model(image_size=64, relation_layers=2)
+
+    def location0(one_model, inputs):
+        return one_model.prepare(tf.constant(inputs))[0][:, 0].numpy()
+
+    # Without them a location's feature is its own content's; with them it depends on the rest.
+    np.testing.assert_allclose(location0(model64, features), location0(model64, changed))
+    assert np.abs(location0(related, features) - location0(related, changed)).max() > 1e-4
+    # Every weight reaches the checkpoint (layers in a Python list would silently not).
+    path = tf.train.Checkpoint(model=related).save(str(tmp_path / "ckpt"))
+    saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("model/")]
+    assert len(saved) == len(related.weights)
+    restored = small_model(image_size=64, relation_layers=2, seed=7)
+    assert np.abs(location0(restored, features) - location0(related, features)).max() > 1e-4
+    tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(location0(restored, features), location0(related, features))
+
+
 def test_features_of_another_image_size_are_refused(model64):
     with pytest.raises(ValueError, match="64 px images .4 locations"):
         model64.prepare(random_features(locations=49))

@@ -43,24 +43,38 @@ def _image_batches(path: str, image_size: int) -> tf.data.Dataset:
     return dataset.batch(ENCODE_BATCH).prefetch(data.AUTOTUNE)
 
 
-def _feature_example(features: np.ndarray, filename: bytes, captions: bytes) -> bytes:
+def _float16_feature(values: np.ndarray) -> tf.train.Feature:
+    return tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[values.astype(np.float16).tobytes()])
+    )
+
+
+def _feature_example(
+    features: np.ndarray, filename: bytes, captions: bytes, mirrored: np.ndarray | None = None
+) -> bytes:
     feature = {
-        data.CNN_FEATURES: tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[features.astype(np.float16).tobytes()])
-        ),
+        data.CNN_FEATURES: _float16_feature(features),
         records.IMAGE_FILENAME: tf.train.Feature(bytes_list=tf.train.BytesList(value=[filename])),
         records.CAPTION_TEXT: tf.train.Feature(
             bytes_list=tf.train.BytesList(value=captions.split(b"\n") if captions else [])
         ),
     }
+    if mirrored is not None:
+        feature[data.CNN_FEATURES_MIRRORED] = _float16_feature(mirrored)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def cached_split(model, config, split: str, files: list[str], cache_root: str = "") -> list[str]:
-    """The cached-feature files for `files` (the shards of `split`), computing them if needed."""
+def cached_split(
+    model, config, split: str, files: list[str], cache_root: str = "", mirror: bool = False
+) -> list[str]:
+    """The cached-feature files for `files` (the shards of `split`), computing them if needed.
+
+    `mirror` also stores each image's features mirrored left-right (for `--mirror`): twice the
+    encoder work, once.
+    """
     key = cache_key(model, config.image_size, files)
     cache_root = cache_root or os.path.join(config.job_dir, "feature_cache")
-    cache_dir = os.path.join(cache_root, key, split)
+    cache_dir = os.path.join(cache_root, key, split + ("_mirror" if mirror else ""))
     outputs = [os.path.join(cache_dir, os.path.basename(path)) for path in files]
     if tf.io.gfile.exists(os.path.join(cache_dir, _DONE)):
         return outputs
@@ -76,10 +90,14 @@ def cached_split(model, config, split: str, files: list[str], cache_root: str = 
         with tf.io.TFRecordWriter(partial) as writer:
             for images, filenames, captions in _image_batches(source, config.image_size):
                 features = encode(images).numpy()
+                mirrored = encode(tf.reverse(images, axis=[2])).numpy() if mirror else None
                 for row in range(features.shape[0]):
                     writer.write(
                         _feature_example(
-                            features[row], filenames[row].numpy(), captions[row].numpy()
+                            features[row],
+                            filenames[row].numpy(),
+                            captions[row].numpy(),
+                            None if mirrored is None else mirrored[row],
                         )
                     )
                 seen += features.shape[0]

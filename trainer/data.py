@@ -18,6 +18,10 @@ from preprocess import records, text
 AUTOTUNE = tf.data.AUTOTUNE
 CAPTION_SAMPLING = ("first", "random", "all")
 CNN_FEATURES = "image/cnn_features"  # Only in the trainer's own feature cache, never in shards.
+# The same image mirrored left-right: in the train split's cache when training with --mirror.
+CNN_FEATURES_MIRRORED = "image/cnn_features_mirrored"
+# Words that trade places when an image is mirrored left-right.
+MIRROR_WORDS = (("left", "right"),)
 CACHE_SCHEMA = "feature_cache_v1"
 
 
@@ -91,6 +95,16 @@ class Tokenizer:
             default_value=text.UNK_ID,
         )
 
+    def mirror(self, ids: tf.Tensor) -> tf.Tensor:
+        """Token ids of the caption of the left-right mirrored image: "left" ↔ "right"."""
+        for first, second in MIRROR_WORDS:
+            if first in self.tokens and second in self.tokens:
+                first_id, second_id = self.tokens.index(first), self.tokens.index(second)
+                ids = tf.where(
+                    ids == first_id, second_id, tf.where(ids == second_id, first_id, ids)
+                )
+        return ids
+
     def encode(self, captions: tf.Tensor) -> tf.Tensor:
         """Captions [B] (or one, []) → int32 [B, max_length]: <start> words… <end> <pad>…"""
         captions = tf.convert_to_tensor(captions, tf.string)
@@ -108,11 +122,12 @@ class Tokenizer:
         return ids[0] if captions.shape.rank == 0 else ids
 
 
-def _parse(serialized: tf.Tensor, cached: bool) -> dict:
+def _parse(serialized: tf.Tensor, cached: bool, mirror: bool = False) -> dict:
     """One serialized tf.Example ([]) or a batch of them ([B]) → its features."""
     if cached:
         spec = {
             CNN_FEATURES: tf.io.FixedLenFeature([], tf.string),
+            **({CNN_FEATURES_MIRRORED: tf.io.FixedLenFeature([], tf.string)} if mirror else {}),
             records.IMAGE_FILENAME: tf.io.FixedLenFeature([], tf.string),
             records.CAPTION_TEXT: tf.io.RaggedFeature(tf.string),
         }
@@ -136,11 +151,14 @@ def make_dataset(
     cached_locations: int = 0,
     input_context: tf.distribute.InputContext | None = None,
     keep_references: bool = False,
+    mirror: bool = False,
 ) -> tf.data.Dataset:
     """Batches of {image | cnn_features, input_ids, target_ids} (+ filename, references).
 
     `cached_locations` > 0 reads the trainer's feature cache instead of image shards.
     `keep_references` adds the filename and all captions ("\\n"-joined), for evaluation.
+    `mirror`: each (image, caption) pair is mirrored left-right with probability 1/2, its
+    caption's "left" and "right" swapped to stay true (from the cache's mirrored features).
     """
     if caption_sampling not in CAPTION_SAMPLING:
         raise ValueError(f"--caption_sampling={caption_sampling}: choose {CAPTION_SAMPLING}")
@@ -163,15 +181,24 @@ def make_dataset(
         dataset = dataset.shuffle(4096, seed=seed)
     source_key = CNN_FEATURES if cached else records.IMAGE_ENCODED
 
+    def mirrored_source(examples: dict, coins: tf.Tensor) -> dict:
+        """{source, mirrored}: where a coin is 1, the mirrored features (cached) or the flag."""
+        if not mirror:
+            return {"source": examples[source_key]}
+        if cached:
+            source = tf.where(coins, examples[CNN_FEATURES_MIRRORED], examples[source_key])
+        else:  # Image bytes: `to_inputs` mirrors the decoded pixels.
+            source = examples[source_key]
+        return {"source": source, "mirrored": coins}
+
     def pick(examples: dict, draws: tf.Tensor) -> dict:
         """A batch of parsed examples → one caption each (the first or the drawn one)."""
         captions = examples[records.CAPTION_TEXT]  # Ragged [B, None].
         counts = tf.maximum(tf.cast(captions.row_lengths(), tf.int64), 1)
         index = tf.zeros_like(counts) if caption_sampling == "first" else draws % counts
-        picked = {
-            "source": examples[source_key],
-            "caption": tf.gather(captions.to_tensor(default_value=""), index, batch_dims=1),
-        }
+        # The caption index uses the 32-bit draw's low bits (draw % count); the coin its top bit.
+        picked = mirrored_source(examples, tf.equal(tf.bitwise.right_shift(draws, 31) % 2, 1))
+        picked["caption"] = tf.gather(captions.to_tensor(default_value=""), index, batch_dims=1)
         if keep_references:
             picked["filename"] = examples[records.IMAGE_FILENAME]
             picked["references"] = tf.strings.reduce_join(captions, axis=-1, separator="\n")
@@ -179,6 +206,8 @@ def make_dataset(
 
     def to_inputs(batch: dict) -> dict:
         ids = tokenizer.encode(batch["caption"])
+        if "mirrored" in batch:
+            ids = tf.where(batch["mirrored"][:, None], tokenizer.mirror(ids), ids)
         sources = batch["source"]
         if cached:
             features = tf.io.decode_raw(sources, tf.float16)
@@ -194,22 +223,35 @@ def make_dataset(
                     fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
                 )
             }
+            if "mirrored" in batch:
+                images = inputs["image"]
+                flags = batch["mirrored"][:, None, None, None]
+                inputs["image"] = tf.where(flags, tf.reverse(images, axis=[2]), images)
         inputs.update(input_ids=ids[:, :-1], target_ids=ids[:, 1:])
-        for key in ("filename", "references"):
+        for key in ("filename", "references"):  # Not "mirrored": no model input.
             if key in batch:
                 inputs[key] = batch[key]
         return inputs
 
     if caption_sampling == "all":
 
-        def every_caption(example: dict) -> tf.data.Dataset:
+        def every_caption(example: dict, draw: tf.Tensor) -> tf.data.Dataset:
             captions = example[records.CAPTION_TEXT]
             repeats = tf.size(captions)
-            return tf.data.Dataset.from_tensor_slices(
-                {"source": tf.repeat(example[source_key][None], repeats), "caption": captions}
-            )
+            # One coin per caption from the bits of the image's 32-bit draw.
+            bits = tf.range(tf.cast(repeats, tf.int64)) % 32
+            coins = tf.equal(tf.bitwise.right_shift(draw, bits) % 2, 1)
+            sources = {
+                key: tf.repeat(example[key][None], repeats)
+                for key in (source_key, CNN_FEATURES_MIRRORED)
+                if key in example
+            }
+            slices = mirrored_source(sources, coins)
+            slices["caption"] = captions
+            return tf.data.Dataset.from_tensor_slices(slices)
 
-        dataset = dataset.map(lambda serialized: _parse(serialized, cached), AUTOTUNE)
+        dataset = dataset.map(lambda serialized: _parse(serialized, cached, mirror), AUTOTUNE)
+        dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.random(seed=seed))
         dataset = dataset.flat_map(every_caption).batch(batch_size, drop_remainder=drop_remainder)
         dataset = dataset.map(to_inputs, AUTOTUNE)
     else:
@@ -220,7 +262,8 @@ def make_dataset(
             batch_size, drop_remainder=drop_remainder
         )
         dataset = dataset.map(
-            lambda serialized, draw: to_inputs(pick(_parse(serialized, cached), draw)), AUTOTUNE
+            lambda serialized, draw: to_inputs(pick(_parse(serialized, cached, mirror), draw)),
+            AUTOTUNE,
         )
     options = tf.data.Options()
     # Files are sharded above when there are enough; otherwise each worker reads all files and

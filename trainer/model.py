@@ -112,6 +112,27 @@ def calibrate_batchnorm(cnn: keras.Model, image_batches) -> int:
             layer.momentum = momentum
 
 
+class RelationBlock(keras.layers.Layer):
+    """A Transformer encoder block over the image's locations: self-attention, then an MLP.
+
+    Pre-norm residual form (each sublayer reads a LayerNorm of its input and adds to it), so the
+    block starts close to the identity and the features keep their scale.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.attention_norm = keras.layers.LayerNormalization(name="attention_norm")
+        self.attention = keras.layers.MultiHeadAttention(heads, dim // heads, name="attention")
+        self.mlp_norm = keras.layers.LayerNormalization(name="mlp_norm")
+        self.mlp_in = keras.layers.Dense(2 * dim, activation="relu", name="mlp_in")
+        self.mlp_out = keras.layers.Dense(dim, name="mlp_out")
+
+    def call(self, features: tf.Tensor) -> tf.Tensor:
+        normed = self.attention_norm(features)
+        features = features + self.attention(normed, normed)
+        return features + self.mlp_out(self.mlp_in(self.mlp_norm(features)))
+
+
 class Captioner(keras.Model):
     """Show, attend and tell with an EfficientNetB0 encoder and a GRU that carries its state."""
 
@@ -123,6 +144,7 @@ class Captioner(keras.Model):
         image_size: int = 224,
         encoder_weights: str = "imagenet",
         train_encoder: bool = False,
+        relation_layers: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -141,6 +163,14 @@ class Captioner(keras.Model):
         self.location_embedding = keras.layers.Embedding(
             num_locations(image_size), embedding_dim, name="location_embedding"
         )
+        # Self-attention among the locations before decoding (once per image, not per step), so
+        # the feature the decoder reads at one object's location also says where the others are.
+        # One attribute each, not a list: tf.train.Checkpoint saves the layers attributes name
+        # and silently skips those held in a Python list.
+        self.relation_layers = relation_layers
+        for index in range(relation_layers):
+            name = f"relation_{index}"
+            setattr(self, name, RelationBlock(embedding_dim, name=name))
         self.attention_keys = keras.layers.Dense(units, name="attention_keys")
         self.attention_score = keras.layers.Dense(1, name="attention_score")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
@@ -177,6 +207,8 @@ class Captioner(keras.Model):
             )
         features = self.fc(tf.cast(cnn_features, self.compute_dtype))
         features += self.location_embedding(tf.range(tf.shape(features)[1]))[None]
+        for index in range(self.relation_layers):
+            features = getattr(self, f"relation_{index}")(features)
         return features, self.attention_keys(features)
 
     # Decoder ---------------------------------------------------------------------------------

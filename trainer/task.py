@@ -67,6 +67,12 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("embedding_dim", defaults.embedding_dim, "Word and image feature size.")
 flags.DEFINE_integer("units", defaults.units, "GRU and attention units.")
 flags.DEFINE_integer(
+    "relation_layers",
+    defaults.relation_layers,
+    "Self-attention blocks over the image's locations before decoding; 0: none.",
+    lower_bound=0,
+)
+flags.DEFINE_integer(
     "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
 )
 flags.DEFINE_string(
@@ -90,6 +96,12 @@ flags.DEFINE_enum(
     defaults.caption_sampling,
     ["first", "random", "all"],
     "Which caption of an example trains: first, one at random, or all.",
+)
+flags.DEFINE_bool(
+    "mirror",
+    defaults.mirror,
+    "Mirror half the training pairs left-right, swapping 'left' and 'right' in the caption "
+    "(with the feature cache: each train image is encoded twice, once).",
 )
 flags.DEFINE_float(
     "attention_reg",

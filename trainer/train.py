@@ -50,11 +50,13 @@ class TrainConfig:
     max_length: int = 25
     embedding_dim: int = 256
     units: int = 512
+    relation_layers: int = 0
     image_size: int = 224
     encoder_weights: str = "imagenet"
     train_encoder: bool = False
     cache_features: bool = True
     caption_sampling: str = "first"
+    mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").
     attention_reg: float = 0.0
     jit_compile: bool = False
     seed: int = 0
@@ -86,6 +88,7 @@ def _config_identity(config: TrainConfig, manifest: dict, tokens: list[str]) -> 
         "units": config.units,
         "image_size": config.image_size,
         "location_embedding": True,  # Checkpoints from before it have no such weights.
+        "relation_layers": config.relation_layers,
     }
 
 
@@ -118,6 +121,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
         image_size=config.image_size,
         encoder_weights=config.encoder_weights,
         train_encoder=config.train_encoder,
+        relation_layers=config.relation_layers,
     )
     model.build_all(config.max_length)
     return model
@@ -317,7 +321,9 @@ def train(config: TrainConfig) -> dict:
 
         # Workers other than the chief cache privately: two writers must not share files.
         cache_root = "" if chief else os.path.join(checkpoint_dir, "feature_cache")
-        train_files = cache.cached_split(model, config, "train", train_files, cache_root)
+        train_files = cache.cached_split(
+            model, config, "train", train_files, cache_root, mirror=config.mirror
+        )
         if val_files:
             val_files = cache.cached_split(model, config, "val", val_files, cache_root)
         locations = num_locations(config.image_size)
@@ -339,6 +345,7 @@ def train(config: TrainConfig) -> dict:
                 seed=config.seed * 1000 + epoch,
                 drop_remainder=drop,
                 cached_locations=locations,
+                mirror=config.mirror and shuffle,
             )
 
         # The global batch is split across replicas in order: the same global batch gives the
