@@ -39,7 +39,7 @@ from absl import app, flags
 from preprocess import run as preprocess_run
 from preprocess import sample_data
 from serving import export, predict
-from trainer import evaluate, train
+from trainer import decoding, evaluate, train
 
 FLAGS = flags.FLAGS
 # Built by `make encoder` (see trainer/weights/README.md); shipped so the demo runs offline.
@@ -60,6 +60,7 @@ def demo(
     cpu_devices: int,
     encoder_weights: str = DEMO_ENCODER,
     train_encoder: bool = False,
+    length_alpha: float = decoding.LENGTH_ALPHA,
 ) -> dict:
     started = time.perf_counter()
     raw_dir = os.path.join(out_dir, "sample")
@@ -104,11 +105,13 @@ def demo(
     train.train(config)
 
     print(f"[3/5] evaluating on the held-out test scenes (beam {beam_size})", flush=True)
-    result = evaluate.evaluate(job_dir, split="test", beam_size=beam_size)
+    result = evaluate.evaluate(
+        job_dir, split="test", beam_size=beam_size, length_alpha=length_alpha
+    )
     metrics = result["metrics"]
 
     print("[4/5] exporting the SavedModel", flush=True)
-    version_dir = export.export(job_dir, export_dir, beam_size=beam_size)
+    version_dir = export.export(job_dir, export_dir, beam_size=beam_size, length_alpha=length_alpha)
 
     print(f"[5/5] captioning {show} held-out images with {version_dir}", flush=True)
     held_out = [os.path.join(images_dir, row["image"]) for row in result["rows"][:show]]
@@ -128,8 +131,10 @@ def demo(
         "true_captions": round(metrics.get("true_captions", float("nan")), 4),
         "bleu1": round(metrics["bleu1"], 4),
         "false_captions": metrics.get("false_captions"),
+        "relation_captions": round(metrics.get("relation_captions", float("nan")), 4),
         "test_images": metrics["images"],
         "beam_size": beam_size,
+        "length_alpha": length_alpha,
         "epochs": epochs,
         "image_size": image_size,
         "encoder_weights": os.path.basename(encoder_weights),
@@ -157,6 +162,7 @@ def main(argv):
         FLAGS.cpu_devices,
         FLAGS.encoder_weights,
         FLAGS.train_encoder,
+        FLAGS.length_alpha,
     )
 
 
@@ -167,6 +173,12 @@ if __name__ == "__main__":
     flags.DEFINE_integer("epochs", 8, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Global batch.", lower_bound=1)
     flags.DEFINE_integer("beam_size", 3, "Beam width for evaluation and serving.", lower_bound=1)
+    flags.DEFINE_float(
+        "length_alpha",
+        decoding.LENGTH_ALPHA,
+        "Beam's final choice divides log-probability by length**alpha; 0: the most probable.",
+        lower_bound=0.0,
+    )
     flags.DEFINE_integer("show", 4, "Held-out images to caption and plot.", lower_bound=1)
     flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see trainer.task).")
     flags.DEFINE_integer("cpu_devices", 0, "Logical CPU devices for mirrored.", lower_bound=0)

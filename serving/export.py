@@ -81,7 +81,15 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 class CaptionModule(tf.Module):
     """The served model: raw image bytes or tf.Examples in, captions and attention out."""
 
-    def __init__(self, model, tokens: list[str], max_length: int, beam_size: int, vocab_path: str):
+    def __init__(
+        self,
+        model,
+        tokens: list[str],
+        max_length: int,
+        beam_size: int,
+        vocab_path: str,
+        length_alpha: float = decoding.LENGTH_ALPHA,
+    ):
         super().__init__()
         # Track the tf.Variables under Keras 3's wrappers, not the Keras objects: tracking the
         # Keras model leaves TF Serving's C++ loader (and saved_model_cli run) unable to find
@@ -93,11 +101,17 @@ class CaptionModule(tf.Module):
         self.vocab_file = tf.saved_model.Asset(vocab_path)
         self.max_length = max_length
         self.beam_size = beam_size
+        self.length_alpha = length_alpha
         self.image_size = model.image_size
 
     def _caption(self, images: tf.Tensor) -> dict:
         result = decoding.caption(
-            self.model, self.model.encode(images), self.vocab, self.max_length, self.beam_size
+            self.model,
+            self.model.encode(images),
+            self.vocab,
+            self.max_length,
+            self.beam_size,
+            self.length_alpha,
         )
         return {key: result[key] for key in ("caption", "log_prob", "tokens", "attention")}
 
@@ -172,6 +186,7 @@ def export(
     version: int = 0,
     beam_size: int = 1,
     encoder_file: str = "",
+    length_alpha: float = decoding.LENGTH_ALPHA,
 ) -> str:
     """Export the latest checkpoint of `job_dir`; returns EXPORT_DIR/MODEL_NAME/VERSION.
 
@@ -186,7 +201,7 @@ def export(
     if tf.io.gfile.exists(version_dir):
         raise FileExistsError(f"--version={version}: {version_dir} exists; pick another version")
     vocab_path = os.path.join(config.data_dir, text.VOCAB_FILENAME)
-    module = CaptionModule(model, tokens, config.max_length, beam_size, vocab_path)
+    module = CaptionModule(model, tokens, config.max_length, beam_size, vocab_path, length_alpha)
     export_module(module, version_dir)
     write_models_config(export_dir)
     if encoder_file:
@@ -224,6 +239,7 @@ def main(argv):
         FLAGS.version,
         FLAGS.beam_size,
         encoder_file=FLAGS.encoder_file,
+        length_alpha=FLAGS.length_alpha,
     )
     print(f"exported {path}")
     print(f"inspect: saved_model_cli show --dir {path} --all")
@@ -238,6 +254,12 @@ if __name__ == "__main__":
     flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)
     flags.DEFINE_integer(
         "beam_size", 3, "Beam width of the served decoder; 1: greedy.", lower_bound=1
+    )
+    flags.DEFINE_float(
+        "length_alpha",
+        decoding.LENGTH_ALPHA,
+        "Beam's final choice divides log-probability by length**alpha; 0: most probable.",
+        lower_bound=0.0,
     )
     flags.DEFINE_string(
         "encoder_file",

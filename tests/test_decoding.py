@@ -45,6 +45,31 @@ def test_beam_search_finds_a_higher_scoring_caption_than_greedy():
     np.testing.assert_allclose(beam["log_prob"].numpy(), np.log(0.4), rtol=1e-5)
 
 
+def test_length_alpha_zero_picks_the_most_probable_caption_and_one_the_longer():
+    # "a <end>" has probability 0.5; "b c c <end>" 0.5 × 0.9³ ≈ 0.36 but a better mean per token.
+    table = np.full((7, 7), 1e-12)
+    table[text.START_ID, [4, 5]] = [0.5, 0.5]
+    table[4, text.END_ID] = 1.0
+    table[5, 6] = 0.9
+    table[5, text.END_ID] = 0.1
+    table[6, [6, text.END_ID]] = [0.1, 0.9]
+    table = table / table.sum(1, keepdims=True)
+
+    def decode(alpha):
+        result = decoding.beam_decode(
+            markov_step(table), tf.zeros([3, 1]), 1, 5, 3, 1, length_alpha=alpha
+        )
+        return list(result["token_ids"][0].numpy()), result
+
+    most_probable, result = decode(0.0)
+    assert most_probable[:2] == [4, text.END_ID]
+    np.testing.assert_allclose(result["score"].numpy(), np.log(0.5), rtol=1e-5)
+    longest, result = decode(1.0)
+    assert longest[:3] == [5, 6, text.END_ID]
+    np.testing.assert_allclose(result["score"].numpy(), np.log(0.5 * 0.9 * 0.9) / 3, rtol=1e-4)
+    assert decoding.LENGTH_ALPHA == 0.0  # The default: the most probable caption.
+
+
 def test_ids_to_text_stops_at_end_and_drops_padding():
     ids = tf.constant([[4, 5, text.END_ID, 0], [6, text.END_ID, 4, 0]])
     tokens, captions = decoding.ids_to_text(ids, VOCAB)

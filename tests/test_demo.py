@@ -8,6 +8,7 @@ import pytest
 
 from preprocess import sample_data
 from serving import demo
+from trainer import decoding
 from trainer import model as model_lib
 
 
@@ -44,6 +45,8 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert set(false) == set(sample_data.FALSE_REASONS)
     true = round(summary["true_captions"] * summary["test_images"])
     assert true + sum(false.values()) == summary["test_images"]
+    assert 0.0 <= summary["relation_captions"] <= 1.0
+    assert summary["length_alpha"] == decoding.LENGTH_ALPHA
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line)["bleu4"] == summary["bleu4"]
     assert os.path.exists(os.path.join(summary["export"], "saved_model.pb"))

@@ -93,6 +93,7 @@ def test_truth_figures_count_every_caption_once_and_refuse_unknown_images(tmp_pa
     ]
     figures = evaluate.truth_figures(["1.jpg"] * 4, hypotheses, str(scenes))
     assert figures["true_captions"] == 0.25
+    assert figures["relation_captions"] == 0.5  # Two of the four state a relation.
     assert figures["false_captions"] == {
         "off_grammar": 0,
         "absent_object": 2,

@@ -89,8 +89,9 @@ def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str)
     """`true_captions` (share of captions true of their scene) and the false ones by reason.
 
     `false_captions` counts each false caption once, under the first of
-    `sample_data.FALSE_REASONS` it fails. An image missing from scenes.json is an error: the
-    share would otherwise be of fewer images than the metrics say.
+    `sample_data.FALSE_REASONS` it fails. `relation_captions`: the share that state a relation
+    (a caption can be true by saying less; this says how much it says). An image missing from
+    scenes.json is an error: the share would otherwise be of fewer images than the metrics say.
     """
     from preprocess import sample_data
 
@@ -105,8 +106,13 @@ def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str)
         sample_data.caption_error(hyp, scenes[name]["objects"])
         for name, hyp in zip(filenames, hypotheses)
     ]
+    relations = [
+        any(relation for _, relation, _ in sample_data.parse_caption(hyp) or ())
+        for hyp in hypotheses
+    ]
     return {
         "true_captions": errors.count(None) / max(len(errors), 1),
+        "relation_captions": sum(relations) / max(len(relations), 1),
         "false_captions": {reason: errors.count(reason) for reason in sample_data.FALSE_REASONS},
     }
 
@@ -120,6 +126,7 @@ def caption_split(
     beam_size: int,
     batch_size: int = 32,
     limit: int = 0,
+    length_alpha: float = decoding.LENGTH_ALPHA,
 ) -> list[dict]:
     """Caption every image of `split` in batches, in-graph; one dict per image."""
     tokenizer = data.Tokenizer(tokens, config.max_length)
@@ -134,7 +141,9 @@ def caption_split(
 
     @tf.function
     def caption_images(images):
-        result = decoding.caption(model, model.encode(images), vocab, config.max_length, beam_size)
+        result = decoding.caption(
+            model, model.encode(images), vocab, config.max_length, beam_size, length_alpha
+        )
         return result["caption"], result["log_prob"]
 
     rows: list[dict] = []
@@ -169,16 +178,24 @@ def evaluate(
     beam_size: int = 1,
     batch_size: int = 32,
     output_dir: str = "",
+    length_alpha: float = decoding.LENGTH_ALPHA,
 ) -> dict:
     """Caption `split`, score it, write metrics.json and captions.jsonl; return both."""
     model, tokens, config = train.restore(job_dir)
     data_dir = data_dir or config.data_dir
-    rows = caption_split(model, tokens, config, data_dir, split, beam_size, batch_size)
+    rows = caption_split(
+        model, tokens, config, data_dir, split, beam_size, batch_size, length_alpha=length_alpha
+    )
     if not rows:
         raise data.DataError(f"--data_dir={data_dir}: the {split} split is empty")
     hypotheses = [row["caption"] for row in rows]
     references = [row["references"] for row in rows]
-    metrics = {"split": split, "images": len(rows), "beam_size": beam_size}
+    metrics = {
+        "split": split,
+        "images": len(rows),
+        "beam_size": beam_size,
+        "length_alpha": length_alpha,
+    }
     metrics.update(bleu(references, hypotheses))
     metrics.update(coco_metrics(references, hypotheses))
     scenes = find_scenes(data_dir)
@@ -205,6 +222,7 @@ def main(argv):
         FLAGS.beam_size,
         FLAGS.batch_size,
         FLAGS.output_dir,
+        FLAGS.length_alpha,
     )
     for row in result["rows"][:5]:
         print(f"{row['image']}: {row['caption']!r}  (reference: {row['references'][0]!r})")
@@ -216,6 +234,12 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", "", "Preprocessed data; default: the one trained on.")
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to caption and score.")
     flags.DEFINE_integer("beam_size", 3, "Beam width; 1: greedy.", lower_bound=1)
+    flags.DEFINE_float(
+        "length_alpha",
+        decoding.LENGTH_ALPHA,
+        "Beam's final choice divides log-probability by length**alpha; 0: most probable.",
+        lower_bound=0.0,
+    )
     flags.DEFINE_integer("batch_size", 32, "Images per decoding batch.", lower_bound=1)
     flags.DEFINE_string(
         "output_dir", "", "Where metrics.json and captions.jsonl go; default JOB_DIR/eval_SPLIT."

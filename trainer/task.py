@@ -16,7 +16,7 @@ import json
 from absl import app, flags, logging
 
 from preprocess import records
-from trainer import distribute, train
+from trainer import decoding, distribute, train
 
 FLAGS = flags.FLAGS
 defaults = train.TrainConfig(data_dir="", job_dir="")
@@ -132,6 +132,12 @@ flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after t
 flags.DEFINE_integer(
     "beam_size", 3, "Beam width for evaluation and export; 1: greedy.", lower_bound=1
 )
+flags.DEFINE_float(
+    "length_alpha",
+    decoding.LENGTH_ALPHA,
+    "Beam's final choice divides log-probability by length**alpha; 0: the most probable.",
+    lower_bound=0.0,
+)
 flags.DEFINE_string("export_dir", "", "If set, export a SavedModel here after training.")
 
 
@@ -146,12 +152,19 @@ def main(argv):
     if FLAGS.evaluate:
         from trainer import evaluate
 
-        scores = evaluate.evaluate(config.job_dir, beam_size=FLAGS.beam_size)
+        scores = evaluate.evaluate(
+            config.job_dir, beam_size=FLAGS.beam_size, length_alpha=FLAGS.length_alpha
+        )
         print(json.dumps({"test": scores["metrics"]}), flush=True)
     if FLAGS.export_dir:
         from serving import export
 
-        path = export.export(config.job_dir, FLAGS.export_dir, beam_size=FLAGS.beam_size)
+        path = export.export(
+            config.job_dir,
+            FLAGS.export_dir,
+            beam_size=FLAGS.beam_size,
+            length_alpha=FLAGS.length_alpha,
+        )
         print(f"exported {path}", flush=True)
 
 
