@@ -136,6 +136,12 @@ def demo(
         "bleu1": round(metrics["bleu1"], 4),
         "false_captions": metrics.get("false_captions"),
         "relation_captions": round(metrics.get("relation_captions", float("nan")), 4),
+        # Teacher-forced: does the decoder prefer "left" over "right" where the reference says
+        # so (and so on)? What the decoder has learnt of relations, whatever decoding says.
+        "contrast_accuracy": {
+            name: round(figures["accuracy"], 4)
+            for name, figures in metrics.get("contrast_accuracy", {}).items()
+        },
         "test_images": metrics["images"],
         "beam_size": beam_size,
         "length_alpha": length_alpha,

@@ -46,6 +46,8 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     true = round(summary["true_captions"] * summary["test_images"])
     assert true + sum(false.values()) == summary["test_images"]
     assert 0.0 <= summary["relation_captions"] <= 1.0
+    assert set(summary["contrast_accuracy"]) == {"left/right", "above/below"}
+    assert all(0.0 <= value <= 1.0 for value in summary["contrast_accuracy"].values())
     assert summary["length_alpha"] == decoding.LENGTH_ALPHA
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line)["bleu4"] == summary["bleu4"]

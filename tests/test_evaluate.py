@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from trainer import evaluate
@@ -78,6 +79,20 @@ def test_coco_metrics_score_with_the_eval_extra():
     )
     assert {"coco_bleu4", "coco_rouge_l", "coco_cider"} <= set(scores)
     assert 0.0 < scores["coco_bleu4"] <= 1.0 and scores["coco_cider"] > 1.0
+
+
+def test_contrast_counts_compare_the_two_words_logits_where_the_target_is_one_of_them():
+    left, right, other = 4, 5, 6
+    target_ids = np.array([[left, other, right, 0], [right, left, 0, 0]])
+    logits = np.zeros([2, 4, 7], np.float32)
+    logits[0, 0, left] = 1.0  # Prefers "left" where the target is "left": right.
+    logits[0, 2, left] = 1.0  # Prefers "left" where the target is "right": wrong.
+    logits[1, 0, right] = 2.0  # Right.
+    logits[1, 1, right], logits[1, 1, left] = 3.0, 2.9  # Wrong, narrowly.
+    logits[0, 1, right] = 9.0  # Target "other": not counted, whatever the logits.
+    counts = evaluate.contrast_counts(target_ids, logits, {"left/right": (left, right)})
+    assert counts == {"left/right": [2, 4]}
+    assert evaluate.contrast_counts(target_ids, logits, {"up/down": (2, 3)}) == {"up/down": [0, 0]}
 
 
 def test_truth_figures_count_every_caption_once_and_refuse_unknown_images(tmp_path):

@@ -14,11 +14,17 @@ import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
 from preprocess import text
 from trainer import data, decoding, train
+
+# Word pairs whose choice only the image can settle: teacher-forced, does the decoder prefer the
+# reference's word over its opposite? Decoding can avoid a word it is unsure of (and a caption
+# stay true by saying less); this cannot.
+CONTRAST_PAIRS = (("left", "right"), ("above", "below"))
 
 BLEU_WEIGHTS = {
     "bleu1": (1.0,),
@@ -117,6 +123,58 @@ def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str)
     }
 
 
+def contrast_counts(
+    target_ids: np.ndarray, logits: np.ndarray, pairs: dict[str, tuple[int, int]]
+) -> dict[str, list[int]]:
+    """name → [right, total]: targets that are one word of a pair, and how often its logit beats
+    the other word's."""
+    counts = {}
+    for name, (first, second) in pairs.items():
+        at = (target_ids == first) | (target_ids == second)
+        prefers_first = logits[..., first][at] > logits[..., second][at]
+        counts[name] = [int(np.sum(prefers_first == (target_ids[at] == first))), int(at.sum())]
+    return counts
+
+
+def contrast_accuracy(
+    model, tokens: list[str], config: train.TrainConfig, data_dir: str, split: str, batch_size=32
+) -> dict:
+    """Teacher-forced accuracy on CONTRAST_PAIRS over every reference caption of `split`.
+
+    {"left/right": {"accuracy", "tokens"}, ...} for the pairs whose words are both in the
+    vocabulary (an empty dict if none).
+    """
+    pairs = {
+        f"{first}/{second}": (tokens.index(first), tokens.index(second))
+        for first, second in CONTRAST_PAIRS
+        if first in tokens and second in tokens
+    }
+    if not pairs:
+        return {}
+    tokenizer = data.Tokenizer(tokens, config.max_length)
+    dataset = data.make_dataset(
+        data.shard_files(data_dir, split),
+        tokenizer,
+        batch_size,
+        config.image_size,
+        caption_sampling="all",
+    )
+    forward = tf.function(lambda images, ids: model({"image": images, "input_ids": ids})[0])
+    totals = {name: [0, 0] for name in pairs}
+    for batch in dataset:
+        target_ids = batch["target_ids"].numpy()
+        if not any(np.isin(target_ids, ids).any() for ids in pairs.values()):
+            continue
+        logits = forward(batch["image"], batch["input_ids"]).numpy()
+        for name, (right, total) in contrast_counts(target_ids, logits, pairs).items():
+            totals[name][0] += right
+            totals[name][1] += total
+    return {
+        name: {"accuracy": right / total if total else float("nan"), "tokens": total}
+        for name, (right, total) in totals.items()
+    }
+
+
 def caption_split(
     model,
     tokens: list[str],
@@ -198,6 +256,9 @@ def evaluate(
     }
     metrics.update(bleu(references, hypotheses))
     metrics.update(coco_metrics(references, hypotheses))
+    contrasts = contrast_accuracy(model, tokens, config, data_dir, split, batch_size)
+    if contrasts:
+        metrics["contrast_accuracy"] = contrasts
     scenes = find_scenes(data_dir)
     if scenes:
         metrics.update(truth_figures([row["image"] for row in rows], hypotheses, scenes))
