@@ -123,6 +123,17 @@ def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str)
     }
 
 
+def split_dataset(tokenizer, config, data_dir: str, split: str, batch_size: int):
+    """Every image of `split` once, in order, with its filename and references."""
+    return data.make_dataset(
+        data.shard_files(data_dir, split),
+        tokenizer,
+        batch_size,
+        config.image_size,
+        keep_references=True,
+    )
+
+
 def contrast_counts(
     target_ids: np.ndarray, logits: np.ndarray, pairs: dict[str, tuple[int, int]]
 ) -> dict[str, list[int]]:
@@ -152,21 +163,21 @@ def contrast_accuracy(
     if not pairs:
         return {}
     tokenizer = data.Tokenizer(tokens, config.max_length)
-    dataset = data.make_dataset(
-        data.shard_files(data_dir, split),
-        tokenizer,
-        batch_size,
-        config.image_size,
-        caption_sampling="all",
-    )
-    forward = tf.function(lambda images, ids: model({"image": images, "input_ids": ids})[0])
+
+    @tf.function
+    def logits_for_references(images, references):
+        # The encoder once per image; every reference caption then reads its features.
+        captions = tf.strings.split(references, sep="\n")
+        features = tf.repeat(model.encode(images), captions.row_lengths(), axis=0)
+        ids = tokenizer.encode(captions.flat_values)
+        logits, _ = model({"cnn_features": features, "input_ids": ids[:, :-1]})
+        return ids[:, 1:], logits
+
     totals = {name: [0, 0] for name in pairs}
-    for batch in dataset:
-        target_ids = batch["target_ids"].numpy()
-        if not any(np.isin(target_ids, ids).any() for ids in pairs.values()):
-            continue
-        logits = forward(batch["image"], batch["input_ids"]).numpy()
-        for name, (right, total) in contrast_counts(target_ids, logits, pairs).items():
+    for batch in split_dataset(tokenizer, config, data_dir, split, batch_size):
+        target_ids, logits = logits_for_references(batch["image"], batch["references"])
+        counts = contrast_counts(target_ids.numpy(), logits.numpy(), pairs)
+        for name, (right, total) in counts.items():
             totals[name][0] += right
             totals[name][1] += total
     return {
@@ -188,13 +199,7 @@ def caption_split(
 ) -> list[dict]:
     """Caption every image of `split` in batches, in-graph; one dict per image."""
     tokenizer = data.Tokenizer(tokens, config.max_length)
-    dataset = data.make_dataset(
-        data.shard_files(data_dir, split),
-        tokenizer,
-        batch_size,
-        config.image_size,
-        keep_references=True,
-    )
+    dataset = split_dataset(tokenizer, config, data_dir, split, batch_size)
     vocab = tf.constant(tokens)
 
     @tf.function
