@@ -14,6 +14,15 @@ roofline: value × 0.81 GFLOP (the train step's dense work per caption at the or
 ÷ the fp32 rate of a 2048³ tf.matmul (`matmul_gflops`), measured first (`--matmul_seconds`) and
 again in every round, in windows of 4 matmuls: the best window of the run is the divisor
 (another process's load moves the rate by up to 2× within a run; the median is reported too).
+roofline_ceiling: the best roofline this model can reach on this machine, measured in the same
+run. The 0.81 GFLOP count holds only the matmuls; the train step must also do work that is not
+in it, timed here each part on its own in the fastest form found (XLA): Bahdanau's additive
+scores (tanh over [batch, steps, 49, units] and the reductions of its backward pass) computed
+for all steps at once, which the real loop cannot do (each step's query needs the previous
+state); the softmax cross-entropy and accuracy over [batch, steps, vocab]; the optimizer's
+update of every variable. The ceiling assumes every matmul ran at the probe's best rate:
+matmul time ÷ (matmul time + those parts). ratio_ceiling: the eager step's time ÷ the same
+fastest graph step.
 The last line printed is one JSON object.
 """
 
@@ -158,6 +167,54 @@ def eager_step(model, batch: dict):
     return step
 
 
+def floor_steps(model, batch: dict) -> dict:
+    """Zero-argument steps timing the train step's work outside the matmul FLOP count.
+
+    Each at its fastest, so their sum is a lower bound on that work: the attention scores of all
+    steps at once (forward and backward), the loss and accuracy, and one optimizer update.
+    """
+    batch_size, steps = batch["input_ids"].shape
+    locations, units = batch["cnn_features"].shape[1], model.units
+    rng = np.random.default_rng(1)
+
+    def normal(*shape):
+        return tf.constant(rng.standard_normal(shape, dtype=np.float32))
+
+    keys, queries = normal(batch_size, locations, units), normal(batch_size, steps, units)
+    score_weights, upstream = normal(units), normal(batch_size, steps, locations)
+    logits = normal(batch_size, steps, model.vocab_size)
+
+    @tf.function(jit_compile=True)
+    def attention_scores():
+        with tf.GradientTape() as tape:
+            tape.watch([keys, queries, score_weights])
+            hidden = tf.tanh(keys[:, None] + queries[:, :, None])  # [B, T, L, U]
+            # The fastest of the formulations tried (reduce_sum of a product: 1.7× slower).
+            scores = tf.einsum("btlu,u->btl", hidden, score_weights)
+            total = tf.reduce_sum(tf.nn.softmax(scores, axis=-1) * upstream)
+        gradients = tape.gradient(total, [keys, queries, score_weights])
+        return total + tf.add_n([tf.reduce_sum(gradient) for gradient in gradients])
+
+    @tf.function(jit_compile=True)
+    def loss():
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss_sum, tokens, correct = masked_loss_sum(batch["target_ids"], logits)
+        return loss_sum / tokens + correct + tf.reduce_sum(tape.gradient(loss_sum, logits))
+
+    optimizer = make_optimizer()
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    gradients = [tf.fill(variable.shape, 1e-9) for variable in variables]
+
+    @tf.function
+    def update():
+        optimizer.apply(gradients, variables)
+        return tf.constant(0.0)
+
+    return {"attention_scores": attention_scores, "loss": loss, "optimizer": update}
+
+
 def graph_loss(model, batch: dict) -> float:
     """The Keras model's teacher-forced loss per token, no update."""
     logits, _ = model(batch, training=False)
@@ -233,11 +290,13 @@ def main() -> None:
     # Same weights, same batch, before any update: the two implementations must agree.
     loss_graph, loss_eager = graph_loss(model, batch), float(eager_loss(model, batch))
 
+    floors = floor_steps(build(args.vocab, args.embedding_dim, args.units, args.max_length), batch)
     steps, warmup_seconds = {}, {}
     for name, step, warmup in (
         ("jit_false", graph_step(model, batch, False), args.warmup),
         ("jit_true", graph_step(model, batch, True), args.warmup),
         ("eager", eager_step(model, batch), 1),
+        *((name, step, args.warmup) for name, step in floors.items()),
     ):
         started = time.perf_counter()
         for _ in range(warmup):  # Tracing, XLA compilation, kernel caches.
@@ -250,6 +309,10 @@ def main() -> None:
     gflops_first, gflops = max(first_rates), max(probe.rates)
     best_jit = max(("jit_false", "jit_true"), key=lambda name: figures[name]["best"])
     value, baseline = figures[best_jit]["best"], figures["eager"]["best"]
+    # Best rounds are in captions/s; as seconds per step, they add up.
+    floor_seconds = {name: args.batch / figures[name]["best"] for name in floors}
+    matmul_seconds = args.batch * FLOP_PER_CAPTION / (gflops * 1e9)
+    fastest_step = matmul_seconds + sum(floor_seconds.values())
     report(
         {
             "bench": "train_step",
@@ -258,6 +321,14 @@ def main() -> None:
             "baseline": round(baseline, 2),
             "ratio": round(value / baseline, 3),
             "roofline": round(value * FLOP_PER_CAPTION / (gflops * 1e9), 4),
+            "roofline_ceiling": round(matmul_seconds / fastest_step, 4),
+            "ratio_ceiling": round(args.batch / baseline / fastest_step, 3),
+            "ms_per_step": {
+                "graph": round(1000 * args.batch / value, 1),
+                "eager": round(1000 * args.batch / baseline, 1),
+                "matmuls_at_probe_rate": round(1000 * matmul_seconds, 1),
+                **{name: round(1000 * sec, 1) for name, sec in floor_seconds.items()},
+            },
             "matmul_gflops": round(gflops, 1),
             "matmul_gflops_first": round(gflops_first, 1),
             "matmul_gflops_median": round(float(np.median(probe.rates)), 1),
@@ -266,7 +337,8 @@ def main() -> None:
             "captions_per_s_jit_false": round(figures["jit_false"]["best"], 2),
             "captions_per_s_jit_true": round(figures["jit_true"]["best"], 2),
             "median_captions_per_s": {
-                name: round(figure["median"], 2) for name, figure in figures.items()
+                name: round(figures[name]["median"], 2)
+                for name in ("jit_false", "jit_true", "eager")
             },
             "median_ratio": round(figures[best_jit]["median"] / figures["eager"]["median"], 3),
             "timed_steps": {name: figure["steps"] for name, figure in figures.items()},
