@@ -68,7 +68,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="train,val,test fractions for the name hash (unused for the Karpathy file).",
     )
     parser.add_argument(
-        "--num_shards", type=int, default=0, help="Shards per split; 0 sizes them to ~100 MB."
+        "--num_shards",
+        type=int,
+        default=0,
+        help=f"Shards per split; {pipeline.SIZED_SHARDS} sizes them to ~100 MB (the same files "
+        f"whatever the workers); {pipeline.RUNNER_SHARDS} lets the runner choose, one per bundle: "
+        "faster (the encoded images are not shuffled between workers before writing), but the "
+        "file count then depends on the runner and its workers.",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace outputs in a non-empty --output_dir."
@@ -164,9 +170,13 @@ def log_summary(manifest: dict, output_dir: str) -> None:
 def make_config(argv: list[str] | None = None) -> tuple[pipeline.PreprocessConfig, list[str]]:
     """The job's config from our flags, and the remaining flags for Beam; checks inputs early."""
     known_args, pipeline_args = make_parser().parse_known_args(argv)
-    for flag in ("image_size", "num_shards"):
-        if getattr(known_args, flag) < 0:
-            raise ValueError(f"--{flag}={getattr(known_args, flag)}: pass 0 or more")
+    if known_args.image_size < 0:
+        raise ValueError(f"--image_size={known_args.image_size}: pass 0 or more")
+    if known_args.num_shards < pipeline.RUNNER_SHARDS:
+        raise ValueError(
+            f"--num_shards={known_args.num_shards}: pass a count, {pipeline.SIZED_SHARDS} (about "
+            f"100 MB each) or {pipeline.RUNNER_SHARDS} (the runner chooses)"
+        )
     if known_args.sample_images < 1:
         raise ValueError(f"--sample_images={known_args.sample_images}: pass 1 or more")
     if known_args.images_dir is None and known_args.captions_file is None:

@@ -28,8 +28,11 @@ def normalize(caption: str) -> str:
     >>> normalize("A dog's  ball, in the PARK.")
     'a dogs ball in the park'
     """
-    text = unicodedata.normalize("NFKD", caption)
-    text = "".join(char for char in text if not unicodedata.combining(char)).lower()
+    if caption.isascii():  # NFKD leaves ASCII as it is, and it has no combining marks.
+        text = caption.lower()
+    else:
+        text = unicodedata.normalize("NFKD", caption)
+        text = "".join(char for char in text if not unicodedata.combining(char)).lower()
     text = _APOSTROPHES.sub("", text)
     return _NOT_WORD.sub(" ", text).strip()
 

@@ -298,6 +298,26 @@ def test_output_is_the_same_across_runs_and_worker_counts(raw_dir, first_run, tm
     assert split_contents(str(tmp_path)) == split_contents(first_dir)
 
 
+def test_runner_chosen_shards_hold_the_same_examples(raw_dir, first_run, tmp_path):
+    first_dir, first_manifest = first_run
+    manifest = run_job(
+        raw_dir,
+        str(tmp_path),
+        options=["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        num_shards=pipeline.RUNNER_SHARDS,
+    )
+    assert split_contents(str(tmp_path)) == split_contents(first_dir)
+    assert manifest["counts"] == first_manifest["counts"]
+    for split in records.SPLITS:
+        files = manifest["splits"][split]["files"]
+        assert files == sorted(os.path.basename(p) for p in glob.glob(f"{tmp_path}/{split}-*"))
+        assert len(files) == manifest["splits"][split]["shards"] >= 1
+        assert manifest["splits"][split]["examples"] == first_manifest["splits"][split]["examples"]
+    # 0 is WriteToTFRecord's "the runner chooses" (here: one shard per worker's bundle).
+    config = pipeline.PreprocessConfig("c", "i", "o", "kaggle", num_shards=pipeline.RUNNER_SHARDS)
+    assert pipeline.estimate_num_shards(config) == dict.fromkeys(records.SPLITS, 0)
+
+
 def test_load_image_rejects_every_row_of_a_refused_image(tmp_path):
     rows = [CaptionRow(7, "A dog ."), CaptionRow(3, "A cat .")]
     with test_pipeline.TestPipeline() as beam_pipeline:

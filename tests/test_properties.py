@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
+import unicodedata
 import zlib
 
 import numpy as np
@@ -188,6 +190,16 @@ def test_normalize_is_idempotent_and_yields_only_single_spaced_lowercase_words(c
     assert set(normalized) <= set("abcdefghijklmnopqrstuvwxyz0123456789 ")
     assert "  " not in normalized and normalized == normalized.strip()
     assert not set(text.tokenize(normalized)) & set(text.RESERVED_TOKENS)
+
+
+@PROPERTY_SETTINGS
+@given(caption=st.one_of(st.text(st.characters(max_codepoint=127), max_size=80), ROW_TEXT))
+def test_normalize_equals_the_full_unicode_path(caption):
+    # normalize skips NFKD and the combining-mark filter for ASCII; both must be no-ops there.
+    folded = unicodedata.normalize("NFKD", caption)
+    folded = "".join(char for char in folded if not unicodedata.combining(char)).lower()
+    expected = re.sub(r"[^a-z0-9]+", " ", re.sub(r"['\u2019`]", "", folded)).strip()
+    assert text.normalize(caption) == expected
 
 
 # --- Images --------------------------------------------------------------------------------------
