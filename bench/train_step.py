@@ -170,8 +170,10 @@ def eager_step(model, batch: dict):
 def floor_steps(model, batch: dict) -> dict:
     """Zero-argument steps timing the train step's work outside the matmul FLOP count.
 
-    Each at its fastest, so their sum is a lower bound on that work: the attention scores of all
-    steps at once (forward and backward), the loss and accuracy, and one optimizer update.
+    Each in the fastest form found, alone, so their sum estimates a lower bound on that work: the
+    attention scores of all steps at once (forward and backward), the loss and accuracy, and one
+    optimizer update. Other work outside the count (the embedding's scatter, biases, the GRU's
+    gates) is left out, which only raises the ceiling.
     """
     batch_size, steps = batch["input_ids"].shape
     locations, units = batch["cnn_features"].shape[1], model.units
