@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -56,7 +57,10 @@ def make_sample(raw_dir: str, unique: int, total: int) -> tuple[str, str, list[l
     for index in range(len(drawn), total):
         source = drawn[index % len(drawn)]
         linked = f"copy{index // len(drawn)}_{source}"
-        os.link(os.path.join(images_dir, source), os.path.join(images_dir, linked))
+        try:
+            os.link(os.path.join(images_dir, source), os.path.join(images_dir, linked))
+        except OSError:  # A file system without hard links: the same bytes, copied.
+            shutil.copyfile(os.path.join(images_dir, source), os.path.join(images_dir, linked))
         per_image.append([f"{linked}|{rest}" for rest in captions[source]])
     return images_dir, header, per_image
 
