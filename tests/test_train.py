@@ -24,18 +24,22 @@ def a_batch(batch=8, steps=5, vocab=12, seed=3):
     }
 
 
-def one_step_gradients(strategy, weights, batch):
+def one_step_gradients(strategy, weights, batch, jit_compile=False):
     with strategy.scope():
         model = small_model()
         model.set_weights(weights)
         optimizer = train.make_optimizer(tiny_config("", ""))
-    _, _, gradients_step = train.make_step_functions(model, optimizer, strategy, 8)
+    _, _, gradients_step = train.make_step_functions(
+        model, optimizer, strategy, 8, jit_compile=jit_compile
+    )
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
     loss, gradients = gradients_step(next(iter(dataset)))
     return float(loss), [g.numpy() for g in gradients]
 
 
-def test_mirrored_step_equals_default_on_the_same_global_batch():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_mirrored_step_equals_default_on_the_same_global_batch(jit_compile):
+    """Default strategy without XLA is the reference; mirrored, with or without XLA, equals it."""
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs two logical CPU devices")
     weights = small_model().get_weights()
@@ -43,7 +47,7 @@ def test_mirrored_step_equals_default_on_the_same_global_batch():
     default_loss, default_grads = one_step_gradients(tf.distribute.get_strategy(), weights, batch)
     mirrored = distribute.select_strategy("mirrored", cpu_devices=2)
     assert mirrored.num_replicas_in_sync == 2
-    mirrored_loss, mirrored_grads = one_step_gradients(mirrored, weights, batch)
+    mirrored_loss, mirrored_grads = one_step_gradients(mirrored, weights, batch, jit_compile)
     np.testing.assert_allclose(mirrored_loss, default_loss, rtol=1e-5)
     for mirrored_grad, default_grad in zip(mirrored_grads, default_grads):
         np.testing.assert_allclose(mirrored_grad, default_grad, rtol=1e-5, atol=1e-7)
@@ -86,6 +90,21 @@ def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(tiny_data, tmp
     assert "val_loss" in metrics["history"][-1]
     written = json.loads((tmp_path / "job" / "config.json").read_text())
     assert written["flags"]["batch_size"] == 8 and written["identity"]["vocab_size"] > 4
+    assert written["jit_compile"] is True  # Cached features, no --jit_compile given.
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({}, True),  # Cached features: the step is the decoder alone.
+        ({"train_encoder": True}, False),
+        ({"cache_features": False}, False),
+        ({"train_encoder": True, "jit_compile": True}, True),
+        ({"jit_compile": False}, False),
+    ],
+)
+def test_xla_by_default_only_where_it_measured_faster(overrides, expected):
+    assert train.step_jit_compile(tiny_config("", "", **overrides)) is expected
 
 
 @pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])

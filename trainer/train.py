@@ -58,12 +58,27 @@ class TrainConfig:
     caption_sampling: str = "first"
     mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").
     attention_reg: float = 0.0
-    jit_compile: bool = False
+    # None: on when the train step reads cached features, off when it runs the encoder (see
+    # step_jit_compile).
+    jit_compile: bool | None = None
     seed: int = 0
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only.
     max_steps: int = 0  # 0: no limit; stop (with a checkpoint) after this many steps in all.
     sample_captions: int = 3
     deterministic: bool = False
+
+
+def step_jit_compile(config: TrainConfig) -> bool:
+    """Whether the train step is XLA-compiled: --jit_compile if given, else what measured faster.
+
+    On cached features the step is the decoder alone, and XLA fuses its 24 small steps: 1.5×
+    faster at the demo's sizes, 1.3× at the original ones (BENCHMARKS.md). With the encoder in
+    the step (--train_encoder, or --nocache_features), XLA on CPU was 4× slower (EfficientNetB0
+    at 64 px, batch 32) and took 13 s more to compile, so it stays off there unless asked for.
+    """
+    if config.jit_compile is not None:
+        return config.jit_compile
+    return config.cache_features and not config.train_encoder
 
 
 class TrainingDiverged(RuntimeError):
@@ -307,6 +322,7 @@ def train(config: TrainConfig) -> dict:
             record = {"flags": dataclasses.asdict(config), "identity": identity}
             record["manifest"] = {key: manifest.get(key) for key in ("counts", "splits", "vocab")}
             record.update(strategy=distribute.describe(strategy), precision=precision)
+            record["jit_compile"] = step_jit_compile(config)
             json.dump(record, config_file, indent=2, sort_keys=True)
 
     train_files = data.shard_files(config.data_dir, "train")
@@ -352,8 +368,10 @@ def train(config: TrainConfig) -> dict:
         # same gradient on one device or many.
         return strategy.experimental_distribute_dataset(dataset_fn())
 
+    jit_compile = step_jit_compile(config)
+    print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
     train_step, eval_step, _ = make_step_functions(
-        model, optimizer, strategy, config.batch_size, config.attention_reg, config.jit_compile
+        model, optimizer, strategy, config.batch_size, config.attention_reg, jit_compile
     )
     train_writer = _summary_writer(config.job_dir, "train", chief)
     val_writer = _summary_writer(config.job_dir, "val", chief)
