@@ -113,8 +113,8 @@ flags.DEFINE_bool(
     "jit_compile",
     defaults.jit_compile,
     "XLA-compile the train step. Default: on when it reads cached features (faster), off when "
-    "it runs the encoder (--train_encoder or --nocache_features; training the encoder under "
-    "XLA was 4x slower on CPU).",
+    "it runs the encoder (--train_encoder or --nocache_features: XLA was 2.6-4.2x slower there "
+    "on CPU).",
 )
 flags.DEFINE_integer("seed", defaults.seed, "Shuffling and initialisation seed.")
 flags.DEFINE_bool(

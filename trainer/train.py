@@ -72,10 +72,10 @@ def step_jit_compile(config: TrainConfig) -> bool:
     """Whether the train step is XLA-compiled: --jit_compile if given, else what measured faster.
 
     On cached features the step is the decoder alone, and XLA fuses its 24 small steps: 1.5×
-    faster at the demo's sizes, 1.3× at the original ones (BENCHMARKS.md). Training the encoder
-    under XLA on CPU was 4× slower (EfficientNetB0 at 64 px, batch 32) and took 13 s more to
-    compile, so wherever the encoder runs in the step (--train_encoder, or --nocache_features,
-    not measured) it stays off unless asked for.
+    faster at the demo's sizes, 1.3× at the original ones (BENCHMARKS.md). With the encoder in
+    the step, XLA on CPU was slower (EfficientNetB0 at 64 px, batch 32): 4.2× training it
+    (--train_encoder), 2.6× running it frozen (--nocache_features), and 6-13 s more to compile,
+    so there it stays off unless asked for.
     """
     if config.jit_compile is not None:
         return config.jit_compile
