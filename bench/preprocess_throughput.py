@@ -57,10 +57,11 @@ def make_sample(raw_dir: str, unique: int, total: int) -> tuple[str, str, list[l
     for index in range(len(drawn), total):
         source = drawn[index % len(drawn)]
         linked = f"copy{index // len(drawn)}_{source}"
+        paths = os.path.join(images_dir, source), os.path.join(images_dir, linked)
         try:
-            os.link(os.path.join(images_dir, source), os.path.join(images_dir, linked))
+            os.link(*paths)
         except OSError:  # A file system without hard links: the same bytes, copied.
-            shutil.copyfile(os.path.join(images_dir, source), os.path.join(images_dir, linked))
+            shutil.copyfile(*paths)
         per_image.append([f"{linked}|{rest}" for rest in captions[source]])
     return images_dir, header, per_image
 
@@ -140,14 +141,15 @@ def main() -> None:
         loop_images_per_s = loop_rate(images_dir, names)
         jobs = {"small_job": args.images, "full_job": args.full_images}
         runs = {job: {} for job, count in jobs.items() if count}
-        for job, mode in ((job, mode) for job in runs for mode in SHARDING):
+        for job in runs:
             captions = write_captions(
                 os.path.join(work_dir, f"{job}.csv"), header, per_image, jobs[job]
             )
-            output_dir = os.path.join(work_dir, f"{job}_{mode}")
-            runs[job][mode] = run_job(
-                images_dir, captions, output_dir, args.workers, SHARDING[mode]
-            )
+            for mode, num_shards in SHARDING.items():
+                output_dir = os.path.join(work_dir, f"{job}_{mode}")
+                runs[job][mode] = run_job(
+                    images_dir, captions, output_dir, args.workers, num_shards
+                )
         # The baseline once more, after the jobs: the faster of the two is kept.
         loop_images_per_s = max(loop_images_per_s, loop_rate(images_dir, names))
 

@@ -103,6 +103,9 @@ def raw_dir(tmp_path_factory) -> str:
     return str(root)
 
 
+TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
 def run_job(raw: str, output_dir: str, options: list[str] = (), **overrides) -> dict:
     config = pipeline.PreprocessConfig(
         captions_file=overrides.pop("captions_file", os.path.join(raw, "results.csv")),
@@ -237,14 +240,20 @@ def test_vocab_counts_train_captions_only_and_is_fingerprinted(first_run):
     }
 
 
+def assert_lists_its_shards(output_dir: str, manifest: dict, split: str) -> list[str]:
+    """The manifest's files of `split` are exactly the split's files on disk, at least one."""
+    files = manifest["splits"][split]["files"]
+    assert files == sorted(os.path.basename(p) for p in glob.glob(f"{output_dir}/{split}-*"))
+    assert len(files) == manifest["splits"][split]["shards"] >= 1
+    return files
+
+
 def test_manifest_lists_the_shards_and_is_written_last(first_run):
     output_dir, manifest = first_run
     assert manifest["schema_version"] == records.SCHEMA_VERSION
     manifest_time = os.path.getmtime(os.path.join(output_dir, records.MANIFEST_FILENAME))
     for split in records.SPLITS:
-        files = manifest["splits"][split]["files"]
-        assert files == sorted(os.path.basename(p) for p in glob.glob(f"{output_dir}/{split}-*"))
-        assert len(files) == manifest["splits"][split]["shards"] >= 1
+        files = assert_lists_its_shards(output_dir, manifest, split)
         for name in files:
             assert os.path.getmtime(os.path.join(output_dir, name)) <= manifest_time
     assert not [name for name in os.listdir(output_dir) if name.startswith("beam-temp")]
@@ -292,7 +301,7 @@ def test_output_is_the_same_across_runs_and_worker_counts(raw_dir, first_run, tm
     manifest = run_job(
         raw_dir,
         str(tmp_path),
-        options=["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        options=TWO_WORKERS,
     )
     assert manifest == first_manifest
     assert split_contents(str(tmp_path)) == split_contents(first_dir)
@@ -303,15 +312,13 @@ def test_runner_chosen_shards_hold_the_same_examples(raw_dir, first_run, tmp_pat
     manifest = run_job(
         raw_dir,
         str(tmp_path),
-        options=["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        options=TWO_WORKERS,
         num_shards=pipeline.RUNNER_SHARDS,
     )
     assert split_contents(str(tmp_path)) == split_contents(first_dir)
     assert manifest["counts"] == first_manifest["counts"]
     for split in records.SPLITS:
-        files = manifest["splits"][split]["files"]
-        assert files == sorted(os.path.basename(p) for p in glob.glob(f"{tmp_path}/{split}-*"))
-        assert len(files) == manifest["splits"][split]["shards"] >= 1
+        assert_lists_its_shards(str(tmp_path), manifest, split)
         assert manifest["splits"][split]["examples"] == first_manifest["splits"][split]["examples"]
     # 0 is WriteToTFRecord's "the runner chooses" (here: one shard per worker's bundle).
     config = pipeline.PreprocessConfig("c", "i", "o", "kaggle", num_shards=pipeline.RUNNER_SHARDS)
