@@ -33,7 +33,7 @@ encoder: $(STAMP)
 		$(PY) -m preprocess.run --runner=DirectRunner \
 			--images_dir=$(ENCODER_OUT)/sample$$n/flickr30k_images \
 			--captions_file=$(ENCODER_OUT)/sample$$n/results.csv \
-			--output_dir=$(ENCODER_OUT)/tfrecords$$n --image_size=64 --captions=all --overwrite \
+			--output_dir=$(ENCODER_OUT)/tfrecords$$n --captions=all --overwrite \
 			|| exit 1; \
 	done
 	$(PY) -m trainer.pretrain --data_dir=$(ENCODER_OUT)/tfrecords20000 \

@@ -40,7 +40,7 @@ def linear_fit(sizes: list[int], seconds: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,2000,4000", help="Sample sizes, comma-separated.")
-    parser.add_argument("--image_size", type=int, default=64, help="Preprocess output side, px.")
+    parser.add_argument("--image_size", type=int, default=64, help="Encoder input side, px.")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
@@ -61,7 +61,6 @@ def main() -> None:
                     f"--images_dir={os.path.join(raw, sample_data.IMAGES_SUBDIR)}",
                     f"--captions_file={os.path.join(raw, sample_data.CAPTIONS_FILENAME)}",
                     f"--output_dir={out}",
-                    f"--image_size={args.image_size}",
                 ]
             )
             preprocess_seconds.append(time.perf_counter() - started)

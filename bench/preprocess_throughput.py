@@ -7,16 +7,16 @@ value: the Beam job (DirectRunner, 2 worker processes) end to end on a job of Fl
 faster of its two sharding modes, both reported (`full_job`): `--num_shards=0`, the default
 (shards of ~100 MB, the same files whatever the workers), and `--num_shards=-1` (the runner
 chooses: one shard per bundle, no shuffle of the encoded images before writing).
-baseline: cores × the rate of a plain single-process loop of images.load_image (decode, convert,
-resize, encode) on the same files, measured in the same run.
+baseline: cores × the rate of a plain single-process loop of images.load_image (open, validate,
+decode) on the same files, measured in the same run.
 The same job on `--images` images runs too (`small_job`, both modes): Beam's cost per job
 (starting the runner and its workers, planning and running some thirty stages) is seconds
 whatever the size, so a small job shows it and a large one shows the rate at scale. From the two
 sizes, per mode: `fixed_seconds` (the straight line's intercept) and `steady_ratio` (its slope,
 images/s, ÷ the baseline). The baseline loop runs before and after the jobs; the faster is kept.
 Only `--unique_images` distinct images are drawn (drawing is slower than preprocessing); the
-rest of the names are hard links to them, so every name is a file the job reads, decodes,
-resizes and encodes like any other. `--full_images 0` skips the large job.
+rest of the names are hard links to them, so every name is a file the job reads, checks and
+decodes like any other. `--full_images 0` skips the large job.
 The last line printed is one JSON object.
 """
 
@@ -35,7 +35,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench._report import report  # noqa: E402
 from preprocess import images, pipeline, run, sample_data  # noqa: E402
 
-IMAGE_SIZE = 224
 FLICKR30K_IMAGES = 31783
 
 
@@ -78,7 +77,7 @@ def loop_rate(images_dir: str, names: list[str]) -> float:
     """Images/s of one process doing the job's per-image work in a plain loop."""
     started = time.perf_counter()
     for name in names:
-        images.load_image(images_dir, name, IMAGE_SIZE)
+        images.load_image(images_dir, name)
     return len(names) / (time.perf_counter() - started)
 
 
@@ -95,7 +94,6 @@ def run_job(
             f"--images_dir={images_dir}",
             f"--captions_file={captions_file}",
             f"--output_dir={output_dir}",
-            f"--image_size={IMAGE_SIZE}",
             "--runner=DirectRunner",
             f"--direct_num_workers={workers}",
             "--direct_running_mode=multi_processing",
@@ -186,7 +184,6 @@ def main() -> None:
             "loop_images_per_s": round(loop_images_per_s, 2),
             "unique_images": args.unique_images,
             "sample_generate_seconds": round(generate_seconds, 2),
-            "image_size": IMAGE_SIZE,
         }
     )
 

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
+from trainer import job  # noqa: E402
 
 GOOD, TOLERATED, BAD = "good", "tolerated", "bad"
 CAPTION, INVALID, OTHER = "caption", "invalid_argument", "other_exception"
@@ -277,9 +278,7 @@ def export_random_model(work_dir: str, image_size: int, vocab_size: int, max_len
         vocab_size, embedding_dim=64, units=128, image_size=image_size, encoder_weights="none"
     )
     model.build_all(max_length)
-    vocab_path = os.path.join(work_dir, text.VOCAB_FILENAME)
-    with open(vocab_path, "w") as vocab_file:
-        vocab_file.write("".join(f"{token}\t1\n" for token in tokens[len(text.RESERVED_TOKENS) :]))
+    vocab_path = job.write_tokens(work_dir, tokens)
     module = CaptionModule(model, tokens, max_length, 1, vocab_path)
     return export_module(module, os.path.join(work_dir, "captioner", "1"))
 

@@ -33,8 +33,9 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
+from preprocess.transform import preprocess_image  # noqa: E402
 from serving.export import CaptionModule, export_module  # noqa: E402
-from trainer.data import decode_and_resize  # noqa: E402
+from trainer import job  # noqa: E402
 from trainer.model import Captioner  # noqa: E402
 
 IMAGE_SIZE = 224
@@ -83,7 +84,7 @@ def build_model(vocab_size: int, max_length: int, seed: int = 0) -> Captioner:
 
 def eager_caption(model: Captioner, image_bytes: bytes, tokens: list[str], max_length: int):
     """The original's caption(): one image, eager ops, a Python loop over decoder steps."""
-    image = decode_and_resize(tf.constant(image_bytes), IMAGE_SIZE)
+    image = preprocess_image(tf.constant(image_bytes), IMAGE_SIZE)
     features, keys = model.prepare(model.encode(image[None]))
     state = model.initial_state(1)
     token = tf.constant([text.START_ID])
@@ -131,9 +132,7 @@ def main() -> None:
     model = build_model(args.vocab, args.max_length)
 
     with tempfile.TemporaryDirectory() as work_dir:
-        vocab_path = os.path.join(work_dir, text.VOCAB_FILENAME)
-        with open(vocab_path, "w") as vocab_file:
-            vocab_file.write("".join(f"{token}\t1\n" for token in tokens[4:]))
+        vocab_path = job.write_tokens(work_dir, tokens)
         exported, export_seconds = {}, {}
         for beam in (1,) if args.no_beam3 else (1, 3):
             started = time.perf_counter()

@@ -1,4 +1,10 @@
-"""Open, validate, convert to RGB, resize and re-encode one image; a named reason per refusal."""
+"""Open and validate one image; keep its original bytes; a named reason per refusal.
+
+Pixels are not changed here: `preprocess/transform.py` is the one image preprocessing, run on
+the record's bytes by every later stage and by the SavedModel on a user's original file. Files
+that it would not decode as Pillow does (CMYK JPEGs, 16-bit PNGs, GIF, BMP, TIFF, WebP) are
+stored as lossless PNGs of their upright RGB pixels instead (`canonical_png`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ from PIL import Image, ImageOps
 
 from preprocess import records
 
-JPEG_QUALITY = 95
+# Files kept byte for byte: formats and Pillow modes the graph's decoder reads as Pillow does
+# (tests check the pixels are equal).
+KEPT_AS_IS = {"JPEG": ("L", "RGB"), "PNG": ("L", "LA", "RGB", "RGBA", "P")}
 # Flickr photos are at most a few megapixels; far beyond this is a decompression bomb.
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 16
@@ -89,16 +97,33 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# EXIF orientations that turn the image a quarter (the graph applies them to JPEGs only).
+_QUARTER_TURNS = (5, 6, 7, 8)
+_ORIENTATION_TAG = 0x0112
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """(height, width) once `transform.decode` has applied a JPEG's EXIF orientation."""
+    turned = image.format == "JPEG" and image.getexif().get(_ORIENTATION_TAG) in _QUARTER_TURNS
+    return (image.width, image.height) if turned else (image.height, image.width)
+
+
+def canonical_png(image: Image.Image) -> bytes:
+    """Lossless PNG of the image upright (EXIF orientation applied) in RGB."""
+    output = io.BytesIO()
+    to_rgb(ImageOps.exif_transpose(image)).save(output, format="PNG")
+    return output.getvalue()
+
+
 def load_image(
     images_dir: str,
     name: str,
-    image_size: int,
     max_pixels: int = MAX_IMAGE_PIXELS,
     min_side: int = MIN_IMAGE_SIDE,
 ) -> tuple[bytes, int, int]:
-    """(JPEG bytes, height, width) of `name` in `images_dir`, RGB, upright, resized.
+    """(image bytes, height, width) of `name` in `images_dir`, checked; height and width upright.
 
-    `image_size` > 0 resizes to a square of that side (as the encoder expects); 0 keeps the size.
+    The bytes are the file's own for JPEG and PNG (see KEPT_AS_IS), else `canonical_png`.
     Raises ImageRejected with a records.REASON_* for every input it refuses.
     """
     data = _read_bytes(resolve_image_path(images_dir, name))
@@ -116,12 +141,10 @@ def load_image(
                 raise ImageRejected(
                     records.REASON_IMAGE_TOO_SMALL, f"{name}: {width}x{height} pixels"
                 )
-            if image_size > 0 and image.format == "JPEG":
-                # Let the JPEG decoder downscale by 2-8x when the target is much smaller.
-                image.draft(image.mode, (image_size, image_size))
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            image = to_rgb(image)
+            image.load()  # Decodes every pixel: a truncated or corrupt file fails here.
+            if image.mode in KEPT_AS_IS.get(image.format, ()):
+                return (data, *_upright_size(image))
+            png = canonical_png(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(records.REASON_IMAGE_TOO_LARGE, f"{name}: {error}") from error
     except ImageRejected:
@@ -130,8 +153,5 @@ def load_image(
         # Hostile or broken files make Pillow's decoders and EXIF parsing raise many types
         # (OSError, SyntaxError, struct.error, ...); every one of them means unreadable.
         raise ImageRejected(records.REASON_IMAGE_UNREADABLE, f"{name}: {error!r}") from error
-    if image_size > 0:
-        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    output = io.BytesIO()
-    image.save(output, format="JPEG", quality=JPEG_QUALITY)
-    return output.getvalue(), image.height, image.width
+    with Image.open(io.BytesIO(png)) as stored:
+        return png, stored.height, stored.width

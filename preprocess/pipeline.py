@@ -1,6 +1,6 @@
-"""The Beam graph: caption rows → images checked and resized → TFRecord shards per split.
+"""The Beam graph: caption rows → images checked (original bytes kept) → TFRecord shards per split.
 
-rows → parse (rejects tagged) → group per image → load image (rejects tagged, one per row) →
+rows → parse (rejects tagged) → group per image → check image (rejects tagged, one per row) →
 split → select captions → encode → WriteToTFRecord per split; vocab.txt from train captions;
 rejects.jsonl; and manifest.json last, from side inputs that exist only once all else is written.
 """
@@ -27,9 +27,9 @@ REJECTS_FILENAME = records.REJECTS_PREFIX + ".jsonl"
 # TARGET_SHARD_BYTES (the TFRecord guide suggests 10-100+ MB).
 SIZED_SHARDS, RUNNER_SHARDS = 0, -1
 TARGET_SHARD_BYTES = 100 * 1024 * 1024
-# Rough JPEG size per pixel at quality 95 on photos, for estimating shard counts up front.
-_JPEG_BYTES_PER_PIXEL = 0.6
-_UNRESIZED_PIXELS = 500 * 375  # A typical Flickr photo.
+# Records keep the original files: Flickr30k's images folder over its image count, for
+# estimating shard counts up front.
+_IMAGE_BYTES = 130 * 1024
 _CAPTIONS_PER_IMAGE = 5
 
 
@@ -41,7 +41,6 @@ class PreprocessConfig:
     images_dir: str
     output_dir: str
     fmt: str
-    image_size: int = 224
     captions: str = "first"
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     num_shards: int = 0
@@ -65,10 +64,10 @@ def hash_split(filename: str, split_fractions: Iterable[float]) -> str:
 
 
 class LoadImage(beam.DoFn):
-    """(image, rows) → the image checked, RGB, resized and re-encoded; or one reject per row."""
+    """(image, rows) → the image checked, its bytes kept (`images.load_image`); or rejects."""
 
-    def __init__(self, images_dir: str, image_size: int):
-        self.images_dir, self.image_size = images_dir, image_size
+    def __init__(self, images_dir: str):
+        self.images_dir = images_dir
         self.images_loaded = Metrics.counter("preprocess", "images_loaded")
         self.rows_rejected = Metrics.counter("preprocess", "rows_rejected")
 
@@ -76,7 +75,7 @@ class LoadImage(beam.DoFn):
         name, rows = element
         rows = sorted(rows)
         try:
-            jpeg, height, width = images.load_image(self.images_dir, name, self.image_size)
+            image, height, width = images.load_image(self.images_dir, name)
         except images.ImageRejected as rejected:
             self.rows_rejected.inc(len(rows))
             Metrics.counter("preprocess", f"rejected_{rejected.reason}").inc(len(rows))
@@ -86,7 +85,7 @@ class LoadImage(beam.DoFn):
                 )
             return
         self.images_loaded.inc()
-        yield {"filename": name, "jpeg": jpeg, "height": height, "width": width, "rows": rows}
+        yield {"filename": name, "image": image, "height": height, "width": width, "rows": rows}
 
 
 class AssignSplitAndCaptions(beam.DoFn):
@@ -106,7 +105,7 @@ class AssignSplitAndCaptions(beam.DoFn):
         yield {
             "split": split,
             "filename": image["filename"],
-            "jpeg": image["jpeg"],
+            "image": image["image"],
             "height": image["height"],
             "width": image["width"],
             "captions": [text.normalize(row.caption) for row in kept],
@@ -116,7 +115,7 @@ class AssignSplitAndCaptions(beam.DoFn):
 
 def encode(example: dict) -> bytes:
     return records.encode_example(
-        example["jpeg"],
+        example["image"],
         example["filename"],
         example["height"],
         example["width"],
@@ -158,9 +157,8 @@ def estimate_num_shards(config: PreprocessConfig) -> dict[str, int]:
             split: lines / _CAPTIONS_PER_IMAGE * fraction
             for split, fraction in zip(records.SPLITS, config.split_fractions, strict=True)
         }
-    pixels = config.image_size**2 if config.image_size > 0 else _UNRESIZED_PIXELS
     return {
-        split: max(1, math.ceil(count * pixels * _JPEG_BYTES_PER_PIXEL / TARGET_SHARD_BYTES))
+        split: max(1, math.ceil(count * _IMAGE_BYTES / TARGET_SHARD_BYTES))
         for split, count in images_per_split.items()
     }
 
@@ -231,7 +229,6 @@ def write_manifest(
             "images_dir": config.images_dir,
         },
         "flags": config.flags,
-        "image_size": config.image_size,
         "counts": totals,
         "splits": splits,
         "rejects_file": REJECTS_FILENAME,
@@ -255,9 +252,7 @@ def build(pipeline: beam.Pipeline, config: PreprocessConfig) -> None:
         parsed.rows
         | "GroupPerImage" >> beam.GroupByKey()
         | "LoadImages"
-        >> beam.ParDo(LoadImage(config.images_dir, config.image_size)).with_outputs(
-            sources.REJECTS, main="images"
-        )
+        >> beam.ParDo(LoadImage(config.images_dir)).with_outputs(sources.REJECTS, main="images")
     )
     examples = loaded.images | "SplitAndCaptions" >> beam.ParDo(
         AssignSplitAndCaptions(config.split_fractions, config.captions)

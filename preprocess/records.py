@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-SCHEMA_VERSION = 1
+# 2: `image/encoded` holds the original file's bytes (JPEG or PNG), not a resized re-encoding.
+SCHEMA_VERSION = 2
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FILENAME = "image/filename"
@@ -63,9 +64,9 @@ def _field(number: int, payload: bytes) -> bytes:
 
 
 def encode_example(
-    image_jpeg: bytes, filename: str, height: int, width: int, captions: list[str]
+    image_bytes: bytes, filename: str, height: int, width: int, captions: list[str]
 ) -> bytes:
-    """One image and its normalised captions as a serialized `tf.train.Example`.
+    """One image file's bytes and its normalised captions as a serialized `tf.train.Example`.
 
     Written straight in the protobuf wire format (Example.features → Features.feature map →
     Feature.bytes_list = 1 / int64_list = 3), so Beam workers need not import TensorFlow, which
@@ -79,7 +80,7 @@ def encode_example(
         return _field(3, _field(1, _varint(value)))
 
     features = {
-        IMAGE_ENCODED: bytes_feature([image_jpeg]),
+        IMAGE_ENCODED: bytes_feature([image_bytes]),
         IMAGE_FILENAME: bytes_feature([filename.encode("utf-8")]),
         IMAGE_HEIGHT: int_feature(height),
         IMAGE_WIDTH: int_feature(width),

@@ -53,9 +53,6 @@ def make_parser() -> argparse.ArgumentParser:
         "--output_dir", default=records.DEFAULT_DATA_DIR, help="Where shards and files go."
     )
     parser.add_argument(
-        "--image_size", type=int, default=224, help="Side of the square output; 0 keeps the size."
-    )
-    parser.add_argument(
         "--captions",
         default="first",
         choices=pipeline.CAPTION_MODES,
@@ -170,8 +167,11 @@ def log_summary(manifest: dict, output_dir: str) -> None:
 def make_config(argv: list[str] | None = None) -> tuple[pipeline.PreprocessConfig, list[str]]:
     """The job's config from our flags, and the remaining flags for Beam; checks inputs early."""
     known_args, pipeline_args = make_parser().parse_known_args(argv)
-    if known_args.image_size < 0:
-        raise ValueError(f"--image_size={known_args.image_size}: pass 0 or more")
+    if any(arg.split("=")[0] == "--image_size" for arg in pipeline_args):
+        raise ValueError(
+            "--image_size: records keep each photo as it is (the one resize is in the graph); "
+            "set the model's input size with python -m trainer.task --image_size=N"
+        )
     if known_args.num_shards < pipeline.RUNNER_SHARDS:
         raise ValueError(
             f"--num_shards={known_args.num_shards}: pass a count, {pipeline.SIZED_SHARDS} (about "
@@ -202,7 +202,6 @@ def make_config(argv: list[str] | None = None) -> tuple[pipeline.PreprocessConfi
         images_dir=images_dir,
         output_dir=known_args.output_dir,
         fmt=fmt,
-        image_size=known_args.image_size,
         captions=known_args.captions,
         split_fractions=tuple(known_args.split_fractions),
         num_shards=known_args.num_shards,

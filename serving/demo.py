@@ -83,7 +83,6 @@ def demo(
             f"--images_dir={images_dir}",
             f"--captions_file={captions_file}",
             f"--output_dir={data_dir}",
-            f"--image_size={image_size}",
             "--captions=all",
             "--overwrite",
         ]

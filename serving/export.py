@@ -18,8 +18,8 @@ import re
 import tensorflow as tf
 from absl import app, flags
 
-from preprocess import records, text
-from trainer import data, decoding, train
+from preprocess import records, transform
+from trainer import decoding, job, train
 
 DEFAULT_MODEL_NAME = "captioner"
 # Images larger than this (decoded pixels) are refused before decoding: a small file that
@@ -75,7 +75,7 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     # A graph runs an assertion beside the ops after it, not before them: without these edges
     # a decompression bomb is decoded (gigabytes allocated) while its check fails.
     with tf.control_dependencies([non_empty, is_image, small_enough]):
-        return data.decode_and_resize(image_bytes, image_size)
+        return transform.preprocess_image(image_bytes, image_size)
 
 
 class CaptionModule(tf.Module):
@@ -87,7 +87,7 @@ class CaptionModule(tf.Module):
         tokens: list[str],
         max_length: int,
         beam_size: int,
-        vocab_path: str,
+        tokens_file: str,
         length_alpha: float = decoding.LENGTH_ALPHA,
     ):
         super().__init__()
@@ -98,7 +98,9 @@ class CaptionModule(tf.Module):
         self.__dict__["model"] = model
         self.model_variables = [variable.value for variable in model.weights]
         self.vocab = tf.constant(tokens)
-        self.vocab_file = tf.saved_model.Asset(vocab_path)
+        # assets/vocab.txt: the token table in id order (line i is id i), for clients that map
+        # the `tokens` output or ids themselves.
+        self.vocab_file = tf.saved_model.Asset(tokens_file)
         self.max_length = max_length
         self.beam_size = beam_size
         self.length_alpha = length_alpha
@@ -200,8 +202,9 @@ def export(
     version_dir = os.path.join(model_dir, str(version))
     if tf.io.gfile.exists(version_dir):
         raise FileExistsError(f"--version={version}: {version_dir} exists; pick another version")
-    vocab_path = os.path.join(config.data_dir, text.VOCAB_FILENAME)
-    module = CaptionModule(model, tokens, config.max_length, beam_size, vocab_path, length_alpha)
+    module = CaptionModule(
+        model, tokens, config.max_length, beam_size, job.tokens_path(job_dir), length_alpha
+    )
     export_module(module, version_dir)
     write_models_config(export_dir)
     if encoder_file:

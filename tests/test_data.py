@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from preprocess import records, text
+from preprocess import records, text, transform
 from trainer import data
 
 TOKENS = list(text.RESERVED_TOKENS) + ["a", "red", "square", "blue", "circle"]
@@ -199,7 +199,7 @@ def test_feature_cache_with_mirror_stores_the_mirrored_images_features(tiny_data
         return values.reshape(-1, model.location_embedding.input_dim, 1280)
 
     source = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(files))).numpy())
-    image = data.decode_and_resize(
+    image = transform.preprocess_image(
         source.features.feature[records.IMAGE_ENCODED].bytes_list.value[0], 32
     )[None]
     np.testing.assert_allclose(stored(data.CNN_FEATURES), model.encode(image), atol=2e-2, rtol=1e-2)

@@ -20,7 +20,7 @@ def run(args, cwd):
 def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
     # 1. Beam, with its defaults: generates the sample data set and preprocesses it.
     run(
-        ["preprocess.run", "--runner=DirectRunner", "--sample_images=60", "--image_size=32"],
+        ["preprocess.run", "--runner=DirectRunner", "--sample_images=60"],
         tmp_path,
     )
     manifest = json.loads((tmp_path / "data" / "sample_tfrecords" / "manifest.json").read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from preprocess import records
+from preprocess import records, text
 from serving import export
 from trainer import evaluate
 
@@ -45,10 +45,28 @@ def split_images(tiny_data, tmp_path_factory):
 def test_export_layout_assets_and_models_config(exported):
     assert exported.endswith(os.path.join("captioner", "1"))
     assert os.path.exists(os.path.join(exported, "saved_model.pb"))
-    assert open(os.path.join(exported, "assets", "vocab.txt")).read().startswith("a\t")
+    table = open(os.path.join(exported, "assets", "vocab.txt")).read().splitlines()
+    assert tuple(table[: len(text.RESERVED_TOKENS)]) == text.RESERVED_TOKENS
     config = open(os.path.join(os.path.dirname(os.path.dirname(exported)), "models.config")).read()
     assert 'name: "captioner"' in config and 'base_path: "/models/captioner"' in config
     assert export.next_version(os.path.dirname(exported)) == 2
+
+
+def test_vocab_asset_is_the_id_table_that_maps_the_served_tokens_back(
+    exported, trained_job, split_images
+):
+    from trainer import train
+
+    table = open(os.path.join(exported, "assets", "vocab.txt")).read().splitlines()
+    model, tokens, _ = train.restore(trained_job)
+    assert table == tokens and len(table) == model.vocab_size  # Every id the model can emit.
+    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    out = serve(image_bytes=tf.constant([open(path, "rb").read() for path in split_images]))
+    for caption, row in zip(out["caption"].numpy(), out["tokens"].numpy()):
+        words = [token.decode() for token in row if token]
+        ids = [table.index(word) for word in words]  # Each token has its line.
+        assert [table[i] for i in ids] == words
+        assert " ".join(w for w in words if w not in text.RESERVED_TOKENS) == caption.decode()
 
 
 def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_job, split_images):

@@ -1,4 +1,4 @@
-"""Opening, checking, converting and resizing one image; each refusal has its reason."""
+"""Opening and checking one image, its bytes kept for the graph; each refusal has its reason."""
 
 from __future__ import annotations
 
@@ -18,12 +18,6 @@ def save(path, image: Image.Image, **kwargs) -> None:
     image.save(path, **kwargs)
 
 
-def decoded(jpeg: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(jpeg))
-    assert image.format == "JPEG" and image.mode == "RGB"
-    return np.asarray(image)
-
-
 def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG header claiming a huge size, with almost no data: a decompression bomb."""
 
@@ -40,33 +34,38 @@ def png_header_only(width: int, height: int) -> bytes:
     )
 
 
-def rejected_reason(images_dir, name: str, image_size: int = 32) -> str:
+def rejected_reason(images_dir, name: str) -> str:
     with pytest.raises(images.ImageRejected) as error:
-        images.load_image(str(images_dir), name, image_size)
+        images.load_image(str(images_dir), name)
     return error.value.reason
 
 
-def test_rgb_jpeg_is_resized_to_a_square_and_reencoded(tmp_path):
+def graph_pixels(image_bytes: bytes) -> np.ndarray:
+    """What every later stage sees of stored bytes: the one image preprocessing's decode."""
+    import tensorflow as tf
+
+    from preprocess import transform
+
+    return transform.decode(tf.constant(image_bytes)).numpy()
+
+
+def test_jpeg_and_png_files_are_kept_byte_for_byte(tmp_path):
     save(tmp_path / "a.jpg", Image.new("RGB", (64, 48), (200, 30, 30)))
-    jpeg, height, width = images.load_image(str(tmp_path), "a.jpg", 32)
-    pixels = decoded(jpeg)
-    assert (height, width) == (32, 32) == pixels.shape[:2]
-    assert abs(int(pixels[16, 16, 0]) - 200) < 8
+    save(tmp_path / "b.png", Image.new("RGB", (40, 24), (0, 0, 255)))
+    for name, size in (("a.jpg", (48, 64)), ("b.png", (24, 40))):
+        stored, height, width = images.load_image(str(tmp_path), name)
+        assert stored == (tmp_path / name).read_bytes()
+        assert (height, width) == size
 
 
-def test_image_size_zero_keeps_the_size(tmp_path):
-    save(tmp_path / "a.png", Image.new("RGB", (40, 24), (0, 0, 255)))
-    jpeg, height, width = images.load_image(str(tmp_path), "a.png", 0)
-    assert (height, width) == (24, 40) == decoded(jpeg).shape[:2]
-
-
-def test_exif_orientation_is_applied(tmp_path):
+def test_exif_rotated_jpeg_is_kept_with_its_upright_size(tmp_path):
     image = Image.new("RGB", (64, 32), (0, 200, 0))
     exif = Image.Exif()
     exif[0x0112] = 6  # Rotate 90° clockwise to display.
     image.save(tmp_path / "rotated.jpg", exif=exif)
-    _, height, width = images.load_image(str(tmp_path), "rotated.jpg", 0)
-    assert (height, width) == (64, 32)
+    stored, height, width = images.load_image(str(tmp_path), "rotated.jpg")
+    assert stored == (tmp_path / "rotated.jpg").read_bytes()
+    assert (height, width) == (64, 32) == graph_pixels(stored).shape[:2]
 
 
 @pytest.mark.parametrize(
@@ -84,21 +83,42 @@ def test_exif_orientation_is_applied(tmp_path):
             lambda: Image.fromarray(np.full((32, 32), 32768, np.uint16)),
             (128, 128, 128),
         ),
+        ("pic.gif", lambda: Image.new("RGB", (32, 32), (0, 0, 255)).convert("P"), (0, 0, 255)),
+        ("pic.bmp", lambda: Image.new("RGB", (32, 32), (10, 200, 30)), (10, 200, 30)),
     ],
 )
-def test_every_mode_becomes_rgb_with_its_colours(tmp_path, name, make, expected):
+def test_every_mode_reaches_the_graph_as_rgb_with_its_colours(tmp_path, name, make, expected):
     save(tmp_path / name, make())
-    jpeg, _, _ = images.load_image(str(tmp_path), name, 32)
-    centre = decoded(jpeg)[16, 16].astype(int)
-    assert np.abs(centre - np.array(expected)).max() <= 12, centre
+    stored, height, width = images.load_image(str(tmp_path), name)
+    pixels = graph_pixels(stored)
+    assert pixels.shape == (height, width, 3)
+    assert np.abs(pixels[16, 16].astype(int) - np.array(expected)).max() <= 12, pixels[16, 16]
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P"])
+def test_the_graph_decodes_kept_pngs_as_pillow_does(tmp_path, mode):
+    noise = np.random.default_rng(2).integers(0, 255, (20, 30, 4), np.uint8)
+    save(tmp_path / "n.png", Image.fromarray(noise, "RGBA").convert(mode))
+    stored, _, _ = images.load_image(str(tmp_path), "n.png")
+    assert stored == (tmp_path / "n.png").read_bytes()
+    expected = np.asarray(images.to_rgb(Image.open(tmp_path / "n.png")))
+    np.testing.assert_array_equal(graph_pixels(stored), expected)
+
+
+def test_other_formats_are_stored_as_lossless_upright_pngs(tmp_path):
+    noise = np.random.default_rng(3).integers(0, 255, (20, 30, 3), np.uint8)
+    save(tmp_path / "n.bmp", Image.fromarray(noise))
+    stored, height, width = images.load_image(str(tmp_path), "n.bmp")
+    assert stored.startswith(b"\x89PNG") and (height, width) == (20, 30)
+    np.testing.assert_array_equal(graph_pixels(stored), noise)
 
 
 def test_palette_with_transparency_is_composited_on_white(tmp_path):
     image = Image.new("P", (32, 32), 0)
     image.putpalette([10, 20, 30] + [0, 0, 0] * 255)
     image.save(tmp_path / "p.png", transparency=0)
-    jpeg, _, _ = images.load_image(str(tmp_path), "p.png", 32)
-    assert decoded(jpeg)[16, 16].min() > 240
+    stored, _, _ = images.load_image(str(tmp_path), "p.png")
+    assert graph_pixels(stored)[16, 16].min() > 240
 
 
 def test_missing_file_is_rejected(tmp_path):
@@ -142,7 +162,7 @@ def test_names_that_escape_the_images_dir_are_rejected(tmp_path):
 def test_symlink_inside_the_images_dir_is_allowed(tmp_path):
     save(tmp_path / "real.png", Image.new("RGB", (32, 32)))
     os.symlink(tmp_path / "real.png", tmp_path / "alias.png")
-    assert images.load_image(str(tmp_path), "alias.png", 0)[1:] == (32, 32)
+    assert images.load_image(str(tmp_path), "alias.png")[1:] == (32, 32)
 
 
 def test_empty_or_odd_names_are_rejected_as_bad_names(tmp_path):
@@ -150,9 +170,7 @@ def test_empty_or_odd_names_are_rejected_as_bad_names(tmp_path):
         assert rejected_reason(tmp_path, name) == records.REASON_BAD_IMAGE_NAME
 
 
-def test_reencoding_is_deterministic(tmp_path):
+def test_loading_is_deterministic(tmp_path):
     noise = np.random.default_rng(1).integers(0, 255, (50, 70, 3), np.uint8)
-    save(tmp_path / "n.png", Image.fromarray(noise))
-    assert images.load_image(str(tmp_path), "n.png", 32) == images.load_image(
-        str(tmp_path), "n.png", 32
-    )
+    save(tmp_path / "n.tiff", Image.fromarray(noise))
+    assert images.load_image(str(tmp_path), "n.tiff") == images.load_image(str(tmp_path), "n.tiff")

@@ -19,7 +19,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from preprocess import pipeline, records, sources, text
+from preprocess import pipeline, records, sources, text, transform
 from preprocess.sources import CaptionRow
 
 GOOD_IMAGES = 16
@@ -112,7 +112,6 @@ def run_job(raw: str, output_dir: str, options: list[str] = (), **overrides) -> 
         images_dir=os.path.join(raw, "images"),
         output_dir=output_dir,
         fmt=overrides.pop("fmt", "kaggle"),
-        image_size=overrides.pop("image_size", 32),
         **overrides,
     )
     with beam.Pipeline(options=PipelineOptions(list(options))) as beam_pipeline:
@@ -130,7 +129,8 @@ def read_split(output_dir: str, split: str) -> list[dict]:
         lambda serialized: tf.io.parse_example(serialized, records.feature_spec())
     ):
         for index in range(len(batch[records.IMAGE_FILENAME])):
-            image = tf.io.decode_jpeg(batch[records.IMAGE_ENCODED][index]).numpy()
+            # As every later stage sees it: through the one image preprocessing's decode.
+            image = transform.decode(batch[records.IMAGE_ENCODED][index]).numpy()
             examples.append(
                 {
                     "filename": batch[records.IMAGE_FILENAME][index].numpy().decode(),
@@ -195,7 +195,7 @@ def test_every_bad_input_is_rejected_with_its_reason_and_nothing_goes_uncounted(
     assert counts["images_written"] == GOOD_IMAGES + 1 + len(CONVERTED)
 
 
-def test_records_parse_with_the_reader_spec_and_hold_rgb_images_and_captions(first_run):
+def test_records_parse_with_the_reader_spec_and_hold_rgb_images_and_captions(first_run, raw_dir):
     output_dir, manifest = first_run
     written = {}
     for split in records.SPLITS:
@@ -203,8 +203,11 @@ def test_records_parse_with_the_reader_spec_and_hold_rgb_images_and_captions(fir
         assert len(examples) == manifest["splits"][split]["examples"]
         assert sum(len(e["captions"]) for e in examples) == manifest["splits"][split]["captions"]
         for example in examples:
-            assert example["shape"] == (32, 32, 3)
-            assert (example["height"], example["width"]) == (32, 32)
+            assert example["shape"] == (example["height"], example["width"], 3)
+            if example["filename"].startswith("good"):  # JPEGs are kept byte for byte.
+                original = os.path.join(raw_dir, "images", example["filename"])
+                assert example["encoded"] == open(original, "rb").read()
+                assert example["shape"] == (40, 48, 3)
             written[example["filename"]] = (split, example["captions"])
     expected_names = [f"good{i:02d}.jpg" for i in range(GOOD_IMAGES)]
     assert sorted(written) == sorted(expected_names + ["rotated.jpg"] + list(CONVERTED))
@@ -260,7 +263,7 @@ def test_manifest_lists_the_shards_and_is_written_last(first_run):
 
 
 def test_all_captions_and_original_size_with_exif_rotation(raw_dir, tmp_path):
-    manifest = run_job(raw_dir, str(tmp_path), captions="all", image_size=0, num_shards=2)
+    manifest = run_job(raw_dir, str(tmp_path), captions="all", num_shards=2)
     assert manifest["counts"]["captions_dropped"] == 0
     assert manifest["counts"]["rows_read"] == accounted(manifest)
     examples = {e["filename"]: e for s in records.SPLITS for e in read_split(str(tmp_path), s)}
@@ -362,7 +365,7 @@ def test_train_keeps_first_caption_unless_all_and_val_test_keep_all(
 ):
     image = {
         "filename": "a.jpg",
-        "jpeg": b"",
+        "image": b"",
         "height": 1,
         "width": 1,
         "rows": [

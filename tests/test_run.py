@@ -25,7 +25,6 @@ def input_flags(raw: str) -> list[str]:
     return [
         f"--images_dir={os.path.join(raw, sample_data.IMAGES_SUBDIR)}",
         f"--captions_file={os.path.join(raw, sample_data.CAPTIONS_FILENAME)}",
-        "--image_size=32",
     ]
 
 
@@ -57,7 +56,7 @@ def test_non_empty_output_dir_is_refused_without_overwrite(sample, tmp_path):
         (["--images_dir=IMAGES", "--captions_file=nope.csv"], "--captions_file=nope.csv: not"),
         (["--images_dir=IMAGES"], "--captions_file: missing"),
         (["--images_dir=IMAGES", "--captions_file=CAPTIONS", "--num_shards=-2"], "-1 .the runner"),
-        (["--images_dir=IMAGES", "--captions_file=CAPTIONS", "--image_size=-1"], "0 or more"),
+        (["--images_dir=IMAGES", "--captions_file=CAPTIONS", "--image_size=64"], "trainer.task"),
     ],
 )
 def test_missing_inputs_fail_with_the_flag_and_the_fix(sample, tmp_path, flags, message):
@@ -75,7 +74,7 @@ def test_bad_split_fractions_are_refused(sample, tmp_path):
 
 def test_no_input_flags_generate_and_preprocess_the_sample(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    manifest = run.run(["--sample_images=8", "--image_size=32", "--captions=all"])
+    manifest = run.run(["--sample_images=8", "--captions=all"])
     assert os.path.exists(os.path.join(sample_data.DEFAULT_RAW_DIR, sample_data.SCENES_FILENAME))
     assert os.path.exists(os.path.join(records.DEFAULT_DATA_DIR, text.VOCAB_FILENAME))
     assert manifest["counts"] == {

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from preprocess import records
+from preprocess import records, transform
 from trainer import data
 
 ENCODE_BATCH = 32
@@ -35,7 +35,7 @@ def cache_key(model, image_size: int, files: list[str]) -> str:
 def _image_batches(path: str, image_size: int) -> tf.data.Dataset:
     def parse(serialized):
         example = tf.io.parse_single_example(serialized, records.feature_spec())
-        image = data.decode_and_resize(example[records.IMAGE_ENCODED], image_size)
+        image = transform.preprocess_image(example[records.IMAGE_ENCODED], image_size)
         captions = tf.strings.reduce_join(example[records.CAPTION_TEXT], separator="\n")
         return image, example[records.IMAGE_FILENAME], captions
 

@@ -1,9 +1,10 @@
 """tf.data input from the preprocess shards: parse, decode, tokenise, batch.
 
-The image decoding here (`decode_and_resize`) is the one the exported SavedModel uses too, and
-the model normalises the uint8 pixels itself (`Captioner.encode`), so training and serving see the
-same pixels. Per element the pipeline only parses and picks a caption; decoding, tokenising and
-feature unpacking run once per batch.
+Pixels come from `preprocess.transform.preprocess_image`, the one image preprocessing (the
+exported SavedModel runs it too), and the model normalises the uint8 pixels itself
+(`Captioner.encode`), so training, evaluation and serving see the same pixels. Per element the
+pipeline only parses and picks a caption; decoding, tokenising and feature unpacking run once
+per batch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 
 import tensorflow as tf
 
-from preprocess import records, text
+from preprocess import records, text, transform
 
 AUTOTUNE = tf.data.AUTOTUNE
 CAPTION_SAMPLING = ("first", "random", "all")
@@ -59,25 +60,6 @@ def shard_files(data_dir: str, split: str) -> list[str]:
             f"--data_dir={data_dir}: no {split} shards ({records.shard_pattern(data_dir, split)})"
         )
     return files
-
-
-def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
-    """JPEG/PNG bytes → uint8 RGB [image_size, image_size, 3].
-
-    Shards already hold images at the training size, so the resize is skipped when the size
-    matches: an identity resize returns the same pixels at about three times the decode's cost.
-    """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    shape = tf.shape(image)
-    same_size = tf.logical_and(shape[0] == image_size, shape[1] == image_size)
-
-    def resize():
-        resized = tf.image.resize(image, [image_size, image_size], antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-    image = tf.cond(same_size, lambda: image, resize)
-    return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 class Tokenizer:
@@ -218,7 +200,7 @@ def make_dataset(
             # uint8 all the way: a quarter of the bytes of float pixels; the model normalises.
             inputs = {
                 "image": tf.map_fn(
-                    lambda one: decode_and_resize(one, image_size),
+                    lambda one: transform.preprocess_image(one, image_size),
                     sources,
                     fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
                 )

@@ -1,7 +1,7 @@
 r"""Pretrain the EfficientNetB0 encoder on sample scenes' labels: `python -m trainer.pretrain`.
 
     python -m preprocess.sample_data --output_dir=encoder_out/sample --num_images=20000 --seed=1
-    python -m preprocess.run --runner=DirectRunner --image_size=64 --captions=all \
+    python -m preprocess.run --runner=DirectRunner --captions=all \
         --images_dir=encoder_out/sample/flickr30k_images \
         --captions_file=encoder_out/sample/results.csv --output_dir=encoder_out/tfrecords
     python -m trainer.pretrain --data_dir=encoder_out/tfrecords \
@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from preprocess import records, sample_data
+from preprocess import records, sample_data, transform
 from trainer import data, model
 
 KINDS = tuple(itertools.product(sample_data.COLORS, sample_data.SHAPES))
@@ -45,7 +45,7 @@ flags.DEFINE_string("data_dir", None, "Output dir of preprocess.run over the sam
 flags.DEFINE_string("scenes", None, "The sample's scenes.json (or the directory holding it).")
 flags.DEFINE_string("output", "encoder.weights.h5", "Where to write the encoder's weights.")
 flags.DEFINE_string("job_dir", "jobs/pretrain", "TensorBoard logs and the best checkpoint.")
-flags.DEFINE_integer("image_size", 64, "Square input size; the shards' size skips a resize.")
+flags.DEFINE_integer("image_size", 64, "Square input size, pixels.")
 flags.DEFINE_integer("epochs", 20, "Passes over the train split.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay to 1%).")
@@ -186,7 +186,7 @@ def make_dataset(
         )
         with tf.control_dependencies([check]):  # The gather below reads only a checked index.
             index = tf.identity(index)
-        image = data.decode_and_resize(example[records.IMAGE_ENCODED], image_size)
+        image = transform.preprocess_image(example[records.IMAGE_ENCODED], image_size)
         return image, tf.gather(all_targets, index)
 
     training = split == "train"

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocess import text
-from trainer import data, decoding, distribute
+from trainer import data, decoding, distribute, job
 from trainer.model import (
     Captioner,
     calibrate_batchnorm,
@@ -106,27 +106,6 @@ def _config_identity(config: TrainConfig, manifest: dict, tokens: list[str]) -> 
         "location_embedding": True,  # Checkpoints from before it have no such weights.
         "relation_layers": config.relation_layers,
     }
-
-
-def _check_resume(job_dir: str, identity: dict) -> None:
-    """Refuse to resume a checkpoint made for another vocabulary, schema or model size."""
-    path = os.path.join(job_dir, "config.json")
-    if not tf.io.gfile.exists(path) or not tf.train.latest_checkpoint(_checkpoint_dir(job_dir)):
-        return
-    with tf.io.gfile.GFile(path) as config_file:
-        previous = json.load(config_file).get("identity", {})
-    changed = {key: (previous.get(key), value) for key, value in identity.items()}
-    changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
-    if changed:
-        details = ", ".join(f"{key}: {old} → {new}" for key, (old, new) in changed.items())
-        raise ValueError(
-            f"--job_dir={job_dir} holds a checkpoint for other data or sizes ({details}); "
-            "pass a new --job_dir or the data and flags it was trained with"
-        )
-
-
-def _checkpoint_dir(job_dir: str) -> str:
-    return os.path.join(job_dir, "checkpoints")
 
 
 def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
@@ -295,7 +274,7 @@ def train(config: TrainConfig) -> dict:
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     identity = _config_identity(config, manifest, tokens)
-    _check_resume(config.job_dir, identity)
+    job.check_resume(config.job_dir, identity)
     tokenizer = data.Tokenizer(tokens, config.max_length)
     val_files = data.shard_files(config.data_dir, "val") if data.split_size(manifest, "val") else []
 
@@ -306,7 +285,7 @@ def train(config: TrainConfig) -> dict:
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    checkpoint_dir = _checkpoint_dir(config.job_dir)
+    checkpoint_dir = job.checkpoint_dir(config.job_dir)
     # Every worker restores the chief's latest checkpoint, so all resume at the same step with
     # the same weights; every worker must also save (collective ops), but only the chief's
     # copy lasts: the others write to temporary dirs.
@@ -318,13 +297,12 @@ def train(config: TrainConfig) -> dict:
         checkpoint.restore(restored_from).assert_existing_objects_matched()
         print(f"resumed from {restored_from} at step {int(step.numpy())}", flush=True)
     if chief:
-        tf.io.gfile.makedirs(config.job_dir)
-        with tf.io.gfile.GFile(os.path.join(config.job_dir, "config.json"), "w") as config_file:
-            record = {"flags": dataclasses.asdict(config), "identity": identity}
-            record["manifest"] = {key: manifest.get(key) for key in ("counts", "splits", "vocab")}
-            record.update(strategy=distribute.describe(strategy), precision=precision)
-            record["jit_compile"] = step_jit_compile(config)
-            json.dump(record, config_file, indent=2, sort_keys=True)
+        record = {"flags": dataclasses.asdict(config), "identity": identity}
+        record["manifest"] = {key: manifest.get(key) for key in ("counts", "splits", "vocab")}
+        record.update(strategy=distribute.describe(strategy), precision=precision)
+        record["jit_compile"] = step_jit_compile(config)
+        job.write_config(config.job_dir, record)
+        job.write_tokens(config.job_dir, tokens)
 
     train_files = data.shard_files(config.data_dir, "train")
     if not restored_from and config.encoder_weights in ("none", ""):
@@ -509,20 +487,18 @@ def sample_captions(
 
 
 def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
-    """The latest checkpoint of `job_dir` as (model, vocabulary tokens, its training config)."""
-    config_path = os.path.join(job_dir, "config.json")
-    if not tf.io.gfile.exists(config_path):
-        raise FileNotFoundError(
-            f"--job_dir={job_dir}: no config.json; train first with python -m trainer.task "
-            f"--job_dir={job_dir}"
-        )
-    with tf.io.gfile.GFile(config_path) as config_file:
-        flags = json.load(config_file)["flags"]
+    """The latest checkpoint of `job_dir` as (model, token table, its training config).
+
+    Reads the job dir alone: the data dir it was trained from need not exist.
+    """
+    flags = job.read_config(job_dir)["flags"]
     config = TrainConfig(**{**flags, "encoder_weights": "none"})  # Weights come from the ckpt.
-    latest = tf.train.latest_checkpoint(_checkpoint_dir(job_dir))
+    latest = tf.train.latest_checkpoint(job.checkpoint_dir(job_dir))
     if not latest:
-        raise FileNotFoundError(f"--job_dir={job_dir}: no checkpoint in {_checkpoint_dir(job_dir)}")
-    tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
+        raise FileNotFoundError(
+            f"--job_dir={job_dir}: no checkpoint in {job.checkpoint_dir(job_dir)}"
+        )
+    tokens = job.read_tokens(job_dir)
     model = build_model(config, len(tokens))
     tf.train.Checkpoint(model=model).restore(
         latest

@@ -1,0 +1,176 @@
+"""The one image preprocessing: an original file's bytes → the model's uint8 input, in TF ops.
+
+Records keep each photo's validated original bytes (`preprocess/images.py`), and this function
+runs on them wherever pixels are needed: the trainer's input pipeline and its feature cache,
+evaluation, and the exported SavedModel (so `serving.predict` and TF Serving too). The caption
+served for a user's original photo is therefore the one the evaluation scored.
+
+    decode (JPEG, PNG; GIF, BMP and WebP as TF decodes them) → EXIF orientation (JPEG) →
+    alpha composited on white → RGB → antialiased bilinear resize to a square → round to uint8
+
+Pure TF ops, so TF Serving runs it without this project's Python.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# The EXIF segment sits among the JPEG's first segments; only this many bytes are searched.
+EXIF_SEARCH_BYTES = 1 << 17
+_MAX_SEGMENTS = 32  # JPEG segments walked before the EXIF search gives up.
+_MAX_IFD_ENTRIES = 256
+_ORIENTATION_TAG = 0x0112
+
+
+def _header(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The first EXIF_SEARCH_BYTES bytes as int32, zero-padded to that length."""
+    head = tf.io.decode_raw(tf.strings.substr(image_bytes, 0, EXIF_SEARCH_BYTES), tf.uint8)
+    head = tf.cast(head, tf.int32)
+    return tf.pad(head, [[0, EXIF_SEARCH_BYTES - tf.shape(head)[0]]])
+
+
+def _reader(head: tf.Tensor):
+    """byte(i) and uint(i, length, little_endian) over the padded header; indices clamp."""
+
+    def byte(index):
+        return tf.gather(head, tf.clip_by_value(index, 0, EXIF_SEARCH_BYTES - 1))
+
+    def uint(index, length, little_endian):
+        values = [byte(index + offset) for offset in range(length)]
+        big = little = 0
+        for value in values:
+            big = big * 256 + value
+        for value in reversed(values):
+            little = little * 256 + value
+        return tf.where(little_endian, little, big)
+
+    return byte, uint
+
+
+def _exif_tiff_offset(head: tf.Tensor) -> tf.Tensor:
+    """Offset of the TIFF header inside a JPEG's APP1 "Exif" segment, or -1."""
+    byte, uint = _reader(head)
+    exif_id = tf.constant([ord(c) for c in "Exif"] + [0, 0], tf.int32)
+
+    def keep_walking(position, found, steps):
+        marker = byte(position + 1)
+        return (
+            (steps < _MAX_SEGMENTS)
+            & (found < 0)
+            & (position + 4 < EXIF_SEARCH_BYTES)
+            & tf.equal(byte(position), 0xFF)
+            & tf.not_equal(marker, 0xDA)  # Start of scan: no metadata after it.
+            & tf.not_equal(marker, 0xD9)
+        )
+
+    def next_segment(position, found, steps):
+        marker = byte(position + 1)
+        length = uint(position + 2, 2, False)
+        identifier = byte(position + 4 + tf.range(6))
+        is_exif = tf.equal(marker, 0xE1) & tf.reduce_all(tf.equal(identifier, exif_id))
+        found = tf.where(is_exif, position + 10, found)
+        return position + 2 + tf.maximum(length, 2), found, steps + 1
+
+    _, found, _ = tf.while_loop(
+        keep_walking, next_segment, (tf.constant(2), tf.constant(-1), tf.constant(0))
+    )
+    return found
+
+
+def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
+    """A JPEG's EXIF orientation, 1-8 (int32 scalar); 1 when absent, unreadable or not a JPEG."""
+    head = _header(image_bytes)
+    byte, uint = _reader(head)
+    is_jpeg = tf.equal(byte(0), 0xFF) & tf.equal(byte(1), 0xD8)
+    tiff = tf.where(is_jpeg, _exif_tiff_offset(head), -1)
+    little = tf.equal(byte(tiff), ord("I")) & tf.equal(byte(tiff + 1), ord("I"))
+    big = tf.equal(byte(tiff), ord("M")) & tf.equal(byte(tiff + 1), ord("M"))
+    ifd = tiff + uint(tiff + 4, 4, little)
+    count = tf.minimum(uint(ifd, 2, little), _MAX_IFD_ENTRIES)
+    entries = ifd + 2 + 12 * tf.range(_MAX_IFD_ENTRIES)
+    tags = uint(entries, 2, little)
+    values = uint(entries + 8, 2, little)
+    is_orientation = tf.equal(tags, _ORIENTATION_TAG) & (tf.range(_MAX_IFD_ENTRIES) < count)
+    first = tf.argmax(tf.cast(is_orientation, tf.int32), output_type=tf.int32)
+    value = tf.gather(values, first)
+    valid = (
+        (tiff >= 0)
+        & (little | big)
+        & (ifd + 2 + 12 * count <= EXIF_SEARCH_BYTES)
+        & tf.reduce_any(is_orientation)
+        & (value >= 1)
+        & (value <= 8)
+    )
+    return tf.where(valid, value, 1)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """The image upright for its EXIF orientation (as Pillow's `ImageOps.exif_transpose`)."""
+
+    def transpose():
+        return tf.transpose(image, [1, 0, 2])
+
+    branches = [
+        lambda: image,  # 1: upright.
+        lambda: tf.reverse(image, [1]),  # 2: mirrored left-right.
+        lambda: tf.reverse(image, [0, 1]),  # 3: rotated 180°.
+        lambda: tf.reverse(image, [0]),  # 4: mirrored top-bottom.
+        transpose,  # 5: transposed.
+        lambda: tf.reverse(transpose(), [1]),  # 6: rotated 90° counter-clockwise.
+        lambda: tf.reverse(transpose(), [0, 1]),  # 7: transversed.
+        lambda: tf.reverse(transpose(), [0]),  # 8: rotated 90° clockwise.
+    ]
+    return tf.switch_case(tf.clip_by_value(orientation, 1, 8) - 1, branches)
+
+
+def _on_white(pixels: tf.Tensor) -> tf.Tensor:
+    """[H, W, C] uint8 with C in 1-4 (gray, gray+alpha, RGB, RGBA) → RGB, alpha over white."""
+
+    def composite():
+        colour = tf.cast(pixels[..., :-1], tf.float32)
+        alpha = tf.cast(pixels[..., -1:], tf.float32) / 255.0
+        blended = colour * alpha + 255.0 * (1.0 - alpha)
+        return tf.cast(tf.clip_by_value(tf.round(blended), 0, 255), tf.uint8)
+
+    colour = tf.cond(tf.equal(tf.shape(pixels)[-1] % 2, 0), composite, lambda: pixels)
+    return tf.cond(
+        tf.equal(tf.shape(colour)[-1], 1), lambda: tf.tile(colour, [1, 1, 3]), lambda: colour
+    )
+
+
+def decode(image_bytes: tf.Tensor) -> tf.Tensor:
+    """An image file's bytes → uint8 RGB [H, W, 3], upright, transparency over white."""
+    is_png = tf.equal(tf.strings.substr(image_bytes, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE)
+
+    def png():
+        return _on_white(tf.io.decode_png(image_bytes, channels=0))
+
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return apply_orientation(image, exif_orientation(image_bytes))
+
+    image = tf.cond(is_png, png, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8 [H, W, 3] → uint8 [image_size, image_size, 3]; an image of that size is kept."""
+    shape = tf.shape(image)
+    same_size = tf.logical_and(shape[0] == image_size, shape[1] == image_size)
+
+    def resized():
+        pixels = tf.image.resize(image, [image_size, image_size], antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+
+    # An identity resize returns the same pixels at about three times the decode's cost.
+    image = tf.cond(same_size, lambda: image, resized)
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def preprocess_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The model's input for one image file's bytes: uint8 RGB [image_size, image_size, 3]."""
+    return resize(decode(image_bytes), image_size)

@@ -1,0 +1,92 @@
+"""The job dir's files: config.json, the token table and the checkpoints' folder.
+
+A job dir stands alone: evaluation, export and prediction read only it (and, for evaluation,
+the records they score), never the data dir it was trained from.
+
+    JOB_DIR/config.json    every flag of the run, its identity (for resuming), strategy
+    JOB_DIR/vocab.txt      the model's token table: line i is the token with id i
+    JOB_DIR/checkpoints/   tf.train.CheckpointManager's
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from preprocess import text
+
+CONFIG_FILENAME = "config.json"
+# The same name as the SavedModel's asset, which is this file.
+TOKENS_FILENAME = text.VOCAB_FILENAME
+
+
+def config_path(job_dir: str) -> str:
+    return os.path.join(job_dir, CONFIG_FILENAME)
+
+
+def tokens_path(job_dir: str) -> str:
+    return os.path.join(job_dir, TOKENS_FILENAME)
+
+
+def checkpoint_dir(job_dir: str) -> str:
+    return os.path.join(job_dir, "checkpoints")
+
+
+def write_tokens(job_dir: str, tokens: list[str]) -> str:
+    """The token table in id order, one token per line."""
+    path = tokens_path(job_dir)
+    tf.io.gfile.makedirs(job_dir)
+    with tf.io.gfile.GFile(path, "w") as tokens_file:
+        tokens_file.write("".join(token + "\n" for token in tokens))
+    return path
+
+
+def read_tokens(job_dir: str) -> list[str]:
+    path = tokens_path(job_dir)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"--job_dir={job_dir}: no {TOKENS_FILENAME} (the model's token table); train with "
+            f"this version of python -m trainer.task --job_dir={job_dir}"
+        )
+    with tf.io.gfile.GFile(path) as tokens_file:
+        tokens = tokens_file.read().splitlines()
+    if tuple(tokens[: len(text.RESERVED_TOKENS)]) != text.RESERVED_TOKENS:
+        raise ValueError(f"{path}: does not start with {text.RESERVED_TOKENS}; not a token table")
+    return tokens
+
+
+def write_config(job_dir: str, record: dict) -> None:
+    tf.io.gfile.makedirs(job_dir)
+    with tf.io.gfile.GFile(config_path(job_dir), "w") as config_file:
+        json.dump(record, config_file, indent=2, sort_keys=True)
+
+
+def read_config(job_dir: str) -> dict:
+    """config.json of `job_dir`, or FileNotFoundError naming the fix."""
+    path = config_path(job_dir)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"--job_dir={job_dir}: no {CONFIG_FILENAME}; train first with python -m trainer.task "
+            f"--job_dir={job_dir}"
+        )
+    with tf.io.gfile.GFile(path) as config_file:
+        return json.load(config_file)
+
+
+def check_resume(job_dir: str, identity: dict) -> None:
+    """Refuse to resume a checkpoint made for another vocabulary, schema or model size."""
+    if not tf.io.gfile.exists(config_path(job_dir)):
+        return
+    if not tf.train.latest_checkpoint(checkpoint_dir(job_dir)):
+        return
+    previous = read_config(job_dir).get("identity", {})
+    changed = {key: (previous.get(key), value) for key, value in identity.items()}
+    changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
+    if changed:
+        details = ", ".join(f"{key}: {old} → {new}" for key, (old, new) in changed.items())
+        raise ValueError(
+            f"--job_dir={job_dir} holds a checkpoint for other data or sizes ({details}); "
+            "pass a new --job_dir or the data and flags it was trained with"
+        )
