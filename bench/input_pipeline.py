@@ -2,13 +2,18 @@
 
     python bench/input_pipeline.py [--images 512] [--passes 6] [--train_step_seconds 6]
 
-value: images/s of trainer.data.make_dataset (read shards, parse, decode, resize to 224,
-normalise, tokenise, batch 64; the image path, not cached features; shuffled as in training)
-over `passes` passes of the shards, first batches of each dataset excluded, ÷ os.cpu_count().
+value: images/s of trainer.data.make_dataset (read shards, parse, the one image preprocessing
+— decode, EXIF orientation, resize to 224 — tokenise, batch 64; the image path, not cached
+features; shuffled as in training) over `passes` passes of shards that hold original photos
+(`--photo_width` × `--photo_height` JPEGs, as preprocess keeps them), first batches of each
+dataset excluded, ÷ os.cpu_count().
 baseline: tf.io.decode_jpeg alone on the same JPEG bytes in a tight single-threaded loop,
 images/s (one core's rate, so already per core): the faster of an eager Python loop and a
 tf.function while_loop with parallel_iterations=1. Figure and baseline are timed interleaved in
 `--rounds` rounds, each its best round.
+resized_records: the same pipeline on shards of the same pictures already at 224² (records that
+a resizing preprocess would write), per core, and both kinds' mean bytes per image: what keeping
+the originals costs.
 train_step_ratio: the pipeline's total images/s ÷ the captions/s of the trainer's train_step
 (bench/train_step.py's measure_train_step: original sizes, jit_compile on, cached features, best
 of 3 rounds of `--train_step_seconds`/3, in the same process after the pipeline).
@@ -128,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="Distinct images in the shards.")
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--photo_width", type=int, default=500, help="Stored photos' width.")
+    parser.add_argument("--photo_height", type=int, default=375, help="Stored photos' height.")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--passes", type=int, default=6, help="Passes over the shards, timed.")
     parser.add_argument("--skip", type=int, default=2, help="Untimed first batches (start-up).")
@@ -139,20 +146,27 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
 
-    jpegs = draw_jpegs(args.images, IMAGE_SIZE)
+    jpegs = draw_jpegs(args.images, args.photo_width, height=args.photo_height)
+    resized = draw_jpegs(args.images, IMAGE_SIZE)
     bare = BareDecode(jpegs)
     # Interleaved rounds: another process's load hits figure and baseline alike; each is its
     # best round (the least disturbed), medians reported too.
-    rates = {"pipeline": [], "eager": [], "graph": []}
+    rates = {"pipeline": [], "eager": [], "graph": [], "resized": []}
     timed_images = 0
     with tempfile.TemporaryDirectory() as work_dir:
         files = write_shards(work_dir, jpegs, args.shards)
+        resized_dir = os.path.join(work_dir, "resized")
+        os.makedirs(resized_dir)
+        resized_files = write_shards(resized_dir, resized, args.shards)
         tokens = text.read_vocab(os.path.join(work_dir, text.VOCAB_FILENAME), 5000)
         tokenizer = data.Tokenizer(tokens, 25)
         passes = max(1, args.passes // args.rounds)
         for _ in range(args.rounds):
             rate, images = pipeline_rate(files, tokenizer, args.batch, passes, args.skip)
             rates["pipeline"].append(rate)
+            rates["resized"].append(
+                pipeline_rate(resized_files, tokenizer, args.batch, passes, args.skip)[0]
+            )
             timed_images += images
             rates["eager"].append(bare.eager(args.decode_seconds / args.rounds / 2))
             rates["graph"].append(bare.graph(args.decode_seconds / args.rounds / 2))
@@ -185,6 +199,11 @@ def main() -> None:
         decode_eager_images_per_s=round(decode["eager"], 2),
         decode_graph_images_per_s=round(decode["graph"], 2),
         mean_jpeg_bytes=int(np.mean([len(jpeg) for jpeg in jpegs])),
+        resized_records={
+            "images_per_s_per_core": round(max(rates["resized"]) / cores, 2),
+            "mean_jpeg_bytes": int(np.mean([len(jpeg) for jpeg in resized])),
+        },
+        photo_size=f"{args.photo_width}x{args.photo_height}",
         images=args.images,
         shards=args.shards,
         batch=args.batch,

@@ -42,19 +42,22 @@ IMAGE_SIZE = 224
 NEVER_END_BIAS = -1e4
 
 
-def draw_jpegs(count: int, size: int = IMAGE_SIZE, seed: int = 0) -> list[bytes]:
-    """Noisy backgrounds with a few filled shapes: JPEGs of realistic entropy."""
+def draw_jpegs(
+    count: int, size: int = IMAGE_SIZE, seed: int = 0, height: int | None = None
+) -> list[bytes]:
+    """Noisy backgrounds with a few filled shapes: JPEGs of realistic entropy, size × height."""
     rng = np.random.default_rng(seed)
     images = []
+    height = height or size
     for _ in range(count):
         base = rng.integers(0, 256, 3)
-        pixels = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+        pixels = np.clip(base + rng.normal(0, 25, (height, size, 3)), 0, 255).astype(np.uint8)
         image = Image.fromarray(pixels)
         pen = ImageDraw.Draw(image)
         for _ in range(rng.integers(1, 4)):
-            x0, y0 = rng.integers(0, size // 2, 2)
-            width, height = rng.integers(20, size // 2, 2)
-            x1, y1 = x0 + width, y0 + height
+            x0, y0 = rng.integers(0, min(size, height) // 2, 2)
+            width, tall = rng.integers(20, min(size, height) // 2, 2)
+            x1, y1 = x0 + width, y0 + tall
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             if rng.random() < 0.5:
                 pen.ellipse([x0, y0, x1, y1], fill=colour)

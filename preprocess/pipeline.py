@@ -137,7 +137,7 @@ def estimate_num_shards(config: PreprocessConfig) -> dict[str, int]:
 
     Beam needs the count when the graph is built, so it is estimated from the caption file.
     0 for RUNNER_SHARDS: WriteToTFRecord then writes one shard per bundle, with no shuffle of
-    the encoded images before it (measured at Flickr30k's size on 2 workers: 17% faster).
+    the encoded images before it (faster; BENCHMARKS.md, "preprocess_throughput").
     """
     if config.num_shards == RUNNER_SHARDS:
         return dict.fromkeys(records.SPLITS, 0)

@@ -1,35 +1,19 @@
 """The whole system on the embedded sample data set, offline: `make demo`.
 
 preprocess (Beam) → train (tf.distribute) → evaluate on held-out scenes → export the SavedModel →
-caption a few held-out images from it, with attention plots. The last line printed is one JSON
-object with the held-out figures (`bleu4`, `true_captions` as fractions, and `false_captions`:
-the false ones counted by reason).
+caption every held-out original photo with the SavedModel (and compare with the evaluation) →
+attention plots for a few. The last line printed is one JSON object with the held-out figures
+(BENCHMARKS.md, "Learning quality", says what each key means and what it measures here).
 
-Choices, and why (2 CPU cores, no ImageNet weights offline; measured here, see README):
+Its choices, each measured (BENCHMARKS.md):
 - The encoder is the shipped `trainer/weights/efficientnetb0_shapes64.weights.h5`, pretrained
-  from random weights by supervised classification of 40,000 other sample scenes (seed 1; the
-  demo's are seed 0): which (colour, shape) objects each holds, their sizes and centres
-  (`make encoder`, `trainer/pretrain.py`). It plays the part ImageNet weights play for Flickr30k.
-  Without it the encoder must learn from scratch inside the 15 minutes: 10 epochs of encoder
-  training on 2,400 images reached held-out BLEU-4 0.37 and 10% true captions; a frozen *random*
-  EfficientNet, even with calibrated BatchNorm, taught the decoder only the grammar. An encoder
-  trained through the captioning loss alone (47 min) told colours apart but not shapes: 0.59 and
-  21% true.
+  from random weights on other sample scenes' labels (`make encoder`, trainer/weights/README.md).
+  It plays the part ImageNet weights play for Flickr30k, which cannot be downloaded offline.
 - The encoder stays frozen, so its features are computed once per image and cached, and the
-  decoder trains on every caption of every image (`caption_sampling=all`): an epoch over 24,000
-  captions takes about a minute, against one image per step through EfficientNet when it trains.
-- 6,000 scenes for 8 epochs rather than 3,000 for 15 (the same number of steps): with an
-  earlier encoder (10,000 pretraining scenes), held-out true captions 66% vs 55%; the decoder
-  overfits a small set of frozen features. Twice the scenes at half the epochs gave no more.
-- Beam 3, returning the most probable caption (`length_alpha=0`, chosen on the validation
-  split). Ranking by mean log-probability per word (alpha 1, before) favoured long captions and
-  with them relations the decoder has not learnt: 87.6% true then.
-  Measured: BLEU-4 0.887, 94.8% true, 9.7 minutes; but only 1.6% of the captions state a
-  relation (the references: 43%). Relations are not learnt yet: README.
-- 64 px, the size the encoder was trained at (2×2 encoder locations; EfficientNet costs 2.25×
-  less per image than at 96 px).
-- A cosine learning-rate decay (`lr_schedule=cosine`) settles the decoder in the last epochs.
-`--encoder_weights=none --train_encoder` reproduces the from-scratch figures.
+  decoder trains on every caption of every image (`caption_sampling=all`).
+- Beam 3, returning the most probable caption (`length_alpha=0`).
+- 64 px, the size the encoder was trained at; a cosine learning-rate decay.
+`--encoder_weights=none --train_encoder` trains the encoder from scratch instead.
 """
 
 from __future__ import annotations
@@ -40,16 +24,13 @@ import time
 
 from absl import app, flags
 
+from preprocess import quiet, sample_data
 from preprocess import run as preprocess_run
-from preprocess import sample_data
 from serving import export, predict
-from trainer import decoding, evaluate, train
+from trainer import cli, decoding, evaluate, model, train
 
 FLAGS = flags.FLAGS
-# Built by `make encoder` (see trainer/weights/README.md); shipped so the demo runs offline.
-DEMO_ENCODER = os.path.join(
-    os.path.dirname(train.__file__), "weights", "efficientnetb0_shapes64.weights.h5"
-)
+DEMO_ENCODER = model.SAMPLE_ENCODER_WEIGHTS
 
 
 def demo(
@@ -116,13 +97,14 @@ def demo(
     print("[4/5] exporting the SavedModel", flush=True)
     version_dir = export.export(job_dir, export_dir, beam_size=beam_size, length_alpha=length_alpha)
 
-    print(f"[5/5] captioning {show} held-out images with {version_dir}", flush=True)
+    print(f"[5/5] captioning the held-out original photos with {version_dir}", flush=True)
+    scenes = sample_data.load_scenes(raw_dir)
+    served = served_figures(version_dir, images_dir, result["rows"], scenes)
     held_out = [os.path.join(images_dir, row["image"]) for row in result["rows"][:show]]
     plots = os.path.join(out_dir, "attention")
     lines = predict.predict(
         version_dir, held_out, output=os.path.join(out_dir, "captions.jsonl"), attention_plot=plots
     )
-    scenes = sample_data.load_scenes(raw_dir)
     for line in lines:
         objects = scenes[os.path.basename(line["image"])]["objects"]
         error = sample_data.caption_error(line["caption"], objects)
@@ -142,6 +124,8 @@ def demo(
             for name, figures in metrics.get("contrast_accuracy", {}).items()
         },
         "test_images": metrics["images"],
+        # The SavedModel on the original photos, as a user sends them.
+        "served": served,
         "beam_size": beam_size,
         "length_alpha": length_alpha,
         "epochs": epochs,
@@ -157,8 +141,29 @@ def demo(
     return summary
 
 
+def served_figures(version_dir: str, images_dir: str, rows: list[dict], scenes: dict) -> dict:
+    """The SavedModel's captions of the original test photos against the evaluation's."""
+    paths = [os.path.join(images_dir, row["image"]) for row in rows]
+    captions = {
+        os.path.basename(path): result["caption"].decode()
+        for path, result in predict.caption_files(version_dir, paths, batch_size=32)
+    }
+    served = [captions[row["image"]] for row in rows]
+    equal = sum(caption == row["caption"] for caption, row in zip(served, rows))
+    true = sum(
+        sample_data.caption_is_true(caption, scenes[row["image"]]["objects"])
+        for caption, row in zip(served, rows)
+    )
+    return {
+        "equal_to_evaluated": round(equal / len(rows), 4),
+        "true_captions": round(true / len(rows), 4),
+        "bleu4": round(evaluate.bleu([row["references"] for row in rows], served)["bleu4"], 4),
+    }
+
+
 def main(argv):
     del argv  # Everything comes from flags.
+    quiet.beam()
     demo(
         FLAGS.out_dir,
         FLAGS.images,
@@ -181,16 +186,10 @@ if __name__ == "__main__":
     flags.DEFINE_integer("image_size", 64, "Encoder input side, pixels.", lower_bound=32)
     flags.DEFINE_integer("epochs", 8, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Global batch.", lower_bound=1)
-    flags.DEFINE_integer("beam_size", 3, "Beam width for evaluation and serving.", lower_bound=1)
-    flags.DEFINE_float(
-        "length_alpha",
-        decoding.LENGTH_ALPHA,
-        "Beam's final choice divides log-probability by length**alpha; 0: the most probable.",
-        lower_bound=0.0,
-    )
+    cli.define_decoding()
     flags.DEFINE_integer("show", 4, "Held-out images to caption and plot.", lower_bound=1)
-    flags.DEFINE_string("strategy", "default", "tf.distribute strategy (see trainer.task).")
-    flags.DEFINE_integer("cpu_devices", 0, "Logical CPU devices for mirrored.", lower_bound=0)
+    cli.define_distribution()
+    FLAGS.set_default("strategy", "default")  # One device: the figures it reports are for that.
     flags.DEFINE_string(
         "encoder_weights",
         DEMO_ENCODER,

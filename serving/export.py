@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from preprocess import records, transform
-from trainer import decoding, job, train
+from trainer import cli, decoding, job, train
 
 DEFAULT_MODEL_NAME = "captioner"
 # Images larger than this (decoded pixels) are refused before decoding: a small file that
@@ -186,7 +186,7 @@ def export(
     export_dir: str,
     model_name: str = DEFAULT_MODEL_NAME,
     version: int = 0,
-    beam_size: int = 1,
+    beam_size: int = decoding.BEAM_SIZE,
     encoder_file: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
 ) -> str:
@@ -251,19 +251,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("job_dir", "jobs/captioner", "Training job dir (checkpoint, config).")
+    cli.define_job_dir()
+    cli.define_decoding()
     flags.DEFINE_string("export_dir", "exports", "Root of the exported models.")
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name (a TF Serving model).")
     flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)
-    flags.DEFINE_integer(
-        "beam_size", 3, "Beam width of the served decoder; 1: greedy.", lower_bound=1
-    )
-    flags.DEFINE_float(
-        "length_alpha",
-        decoding.LENGTH_ALPHA,
-        "Beam's final choice divides log-probability by length**alpha; 0: most probable.",
-        lower_bound=0.0,
-    )
     flags.DEFINE_string(
         "encoder_file",
         "",

@@ -49,6 +49,9 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert set(summary["contrast_accuracy"]) == {"left/right", "above/below"}
     assert all(0.0 <= value <= 1.0 for value in summary["contrast_accuracy"].values())
     assert summary["length_alpha"] == decoding.LENGTH_ALPHA
+    # The SavedModel on the original photos: the evaluation's captions (same pixels, same beam).
+    assert summary["served"]["equal_to_evaluated"] >= 0.8
+    assert 0.0 <= summary["served"]["true_captions"] <= 1.0
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line)["bleu4"] == summary["bleu4"]
     assert os.path.exists(os.path.join(summary["export"], "saved_model.pb"))

@@ -103,7 +103,7 @@ def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(tiny_data, tmp
         ({"jit_compile": False}, False),
     ],
 )
-def test_xla_by_default_only_where_it_measured_faster(overrides, expected):
+def test_xla_by_default_only_when_the_step_reads_cached_features(overrides, expected):
     assert train.step_jit_compile(tiny_config("", "", **overrides)) is expected
 
 

@@ -1,1 +1,5 @@
 """Stage 2: the captioning model and its one distributed training loop."""
+
+from preprocess import quiet
+
+quiet.tensorflow()

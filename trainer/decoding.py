@@ -17,11 +17,12 @@ StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]
 NEG_INF = -1e9
 
 
-# The beam's final choice: the most probable caption (no length normalisation). Measured on
-# the sample's validation split (BENCHMARKS.md): dividing by length (alpha 1) made the decoder
-# prefer long captions, whose extra words ("to the left of") are near certain, and so state
-# relations it was unsure of.
+# The beam's final choice: the most probable caption (no length normalisation). Dividing by
+# length favours long captions, whose extra words ("to the left of") are near certain, and so
+# relations the decoder is unsure of (BENCHMARKS.md, "Learning quality").
 LENGTH_ALPHA = 0.0
+# Beam width of evaluation and the exported decoder unless told otherwise.
+BEAM_SIZE = 3
 
 
 def beam_decode(
@@ -124,7 +125,7 @@ def caption(
     cnn_features: tf.Tensor,
     vocab: tf.Tensor,
     max_length: int,
-    beam_size: int = 1,
+    beam_size: int = BEAM_SIZE,
     length_alpha: float = LENGTH_ALPHA,
 ) -> dict:
     """CNN features [B, L, 1280] → captions with `model` (a trainer.model.Captioner).

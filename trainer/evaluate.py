@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from preprocess import text
-from trainer import data, decoding, train
+from trainer import cli, data, decoding, train
 
 # Word pairs whose choice only the image can settle: teacher-forced, does the decoder prefer the
 # reference's word over its opposite? Decoding can avoid a word it is unsure of (and a caption
@@ -238,7 +238,7 @@ def evaluate(
     job_dir: str,
     data_dir: str = "",
     split: str = "test",
-    beam_size: int = 1,
+    beam_size: int = decoding.BEAM_SIZE,
     batch_size: int = 32,
     output_dir: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
@@ -296,16 +296,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("job_dir", "jobs/captioner", "Training job dir (checkpoint, config).")
+    cli.define_job_dir()
+    cli.define_decoding()
     flags.DEFINE_string("data_dir", "", "Preprocessed data; default: the one trained on.")
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to caption and score.")
-    flags.DEFINE_integer("beam_size", 3, "Beam width; 1: greedy.", lower_bound=1)
-    flags.DEFINE_float(
-        "length_alpha",
-        decoding.LENGTH_ALPHA,
-        "Beam's final choice divides log-probability by length**alpha; 0: most probable.",
-        lower_bound=0.0,
-    )
     flags.DEFINE_integer("batch_size", 32, "Images per decoding batch.", lower_bound=1)
     flags.DEFINE_string(
         "output_dir", "", "Where metrics.json and captions.jsonl go; default JOB_DIR/eval_SPLIT."

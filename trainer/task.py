@@ -1,40 +1,31 @@
 r"""Train, evaluate and (optionally) export the captioner: `python -m trainer.task`.
 
     python -m preprocess.run --runner=DirectRunner          # the sample data set, offline
-    python -m trainer.task --strategy=mirrored --cpu_devices=2 --encoder_weights=none \
-        --train_encoder --image_size=64 --epochs=10 --job_dir=jobs/demo --export_dir=exports
+    python -m trainer.task --strategy=mirrored --cpu_devices=2 \
+        --encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64 \
+        --caption_sampling=all --epochs=8 --job_dir=jobs/captioner --export_dir=exports
 
-Offline there are no ImageNet weights: --encoder_weights=none --train_encoder learns the encoder
-from scratch (a frozen random encoder teaches the decoder only the grammar).
+The default --encoder_weights=imagenet downloads ImageNet weights; offline, pass the shipped
+sample encoder as above, or --encoder_weights=none --train_encoder to learn one from scratch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 from absl import app, flags, logging
 
 from preprocess import records
-from trainer import decoding, distribute, train
+from trainer import cli, data, distribute, model, train
 
 FLAGS = flags.FLAGS
 defaults = train.TrainConfig(data_dir="", job_dir="")
 
 flags.DEFINE_string("data_dir", records.DEFAULT_DATA_DIR, "Output dir of preprocess.run.")
-flags.DEFINE_string("job_dir", "jobs/captioner", "Checkpoints, TensorBoard logs, config.json.")
-flags.DEFINE_enum(
-    "strategy",
-    "auto",
-    list(distribute.STRATEGIES),
-    "tf.distribute strategy; auto: mirrored on >1 GPU, else default.",
-)
-flags.DEFINE_integer(
-    "cpu_devices",
-    0,
-    "Split the CPU into N logical devices (mirrored without GPUs); 0 leaves it whole.",
-    lower_bound=0,
-)
+cli.define_job_dir()
+cli.define_distribution()
 flags.DEFINE_enum(
     "precision",
     "auto",
@@ -112,9 +103,8 @@ flags.DEFINE_float(
 flags.DEFINE_bool(
     "jit_compile",
     defaults.jit_compile,
-    "XLA-compile the train step. Default: on when it reads cached features (faster), off when "
-    "it runs the encoder (--train_encoder or --nocache_features: XLA was 2.6-4.2x slower there "
-    "on CPU).",
+    "XLA-compile the train step. Default: on when it reads cached features, off when it runs "
+    "the encoder (--train_encoder or --nocache_features); BENCHMARKS.md says why.",
 )
 flags.DEFINE_integer("seed", defaults.seed, "Shuffling and initialisation seed.")
 flags.DEFINE_bool(
@@ -135,20 +125,20 @@ flags.DEFINE_integer(
     lower_bound=0,
 )
 flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after training.")
-flags.DEFINE_integer(
-    "beam_size", 3, "Beam width for evaluation and export; 1: greedy.", lower_bound=1
-)
-flags.DEFINE_float(
-    "length_alpha",
-    decoding.LENGTH_ALPHA,
-    "Beam's final choice divides log-probability by length**alpha; 0: the most probable.",
-    lower_bound=0.0,
-)
+cli.define_decoding()
 flags.DEFINE_string("export_dir", "", "If set, export a SavedModel here after training.")
 
 
 def main(argv):
     del argv  # Everything comes from flags.
+    try:
+        train_evaluate_export()
+    except (data.DataError, model.EncoderWeightsError, FileNotFoundError) as error:
+        # Problems the user can fix: the message names the flag and the fix; no traceback.
+        sys.exit(f"trainer.task: error: {error}")
+
+
+def train_evaluate_export() -> None:
     names = {field.name for field in dataclasses.fields(train.TrainConfig)}
     config = train.TrainConfig(**{name: FLAGS[name].value for name in names})
     metrics = train.train(config)

@@ -69,13 +69,11 @@ class TrainConfig:
 
 
 def step_jit_compile(config: TrainConfig) -> bool:
-    """Whether the train step is XLA-compiled: --jit_compile if given, else what measured faster.
+    """Whether the train step is XLA-compiled: --jit_compile if given, else where it is faster.
 
-    On cached features the step is the decoder alone, and XLA fuses its 24 small steps: 1.5×
-    faster at the demo's sizes, 1.3× at the original ones (BENCHMARKS.md). With the encoder in
-    the step, XLA on CPU was slower (EfficientNetB0 at 64 px, batch 32): 4.2× training it
-    (--train_encoder), 2.6× running it frozen (--nocache_features), and 6-13 s more to compile,
-    so there it stays off unless asked for.
+    On cached features the step is the decoder alone, and XLA fuses its small steps; with the
+    encoder in the step XLA on CPU is slower and compiles for longer, so there it stays off
+    unless asked for (BENCHMARKS.md, "train_step").
     """
     if config.jit_compile is not None:
         return config.jit_compile

@@ -1,0 +1,53 @@
+"""Quiet library logs by default: TensorFlow's native start-up lines and Beam's chatter.
+
+TensorFlow's C++ side prints its start-up lines (oneDNN, CUDA probing, "All log messages before
+absl::InitializeLog()...") to the process's stderr before any Python setting can reach them, so
+`tensorflow()` imports it, and probes the devices once, with file descriptor 2 pointed at
+/dev/null. `CAPTIONER_VERBOSE=1` keeps every library log line; so, for TensorFlow's, does
+setting TF_CPP_MIN_LOG_LEVEL yourself (e.g. `TF_CPP_MIN_LOG_LEVEL=0`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+VERBOSE_VARIABLE = "CAPTIONER_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _native_stderr_to_devnull():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def tensorflow() -> None:
+    """Import TensorFlow quietly, unless TF_CPP_MIN_LOG_LEVEL is set or it is imported already."""
+    if verbose() or LOG_LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ[LOG_LEVEL_VARIABLE] = "2"  # Warnings and info from C++ after start-up, too.
+    with _native_stderr_to_devnull():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+def beam() -> None:
+    """Beam's INFO and its warnings about type hints it cannot check: our progress stays."""
+    if not verbose():
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)

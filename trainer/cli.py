@@ -1,0 +1,70 @@
+"""Flags that several commands share, each defined once with one default and one help text.
+
+An entry module calls the definers it needs at import (`cli.define_job_dir()`, ...); a definer
+called again, by another entry module imported in the same process, returns the same flag, so
+`python -m trainer.task` can import `trainer.evaluate` without a DuplicateFlagError. Library
+code takes values as arguments and never reads flags.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from trainer import decoding
+
+DEFAULT_JOB_DIR = "jobs/captioner"
+
+
+def _define(name: str, define, *args, **kwargs):
+    if name not in flags.FLAGS:
+        define(name, *args, **kwargs)
+    return flags.FLAGS[name]
+
+
+def define_job_dir():
+    return _define(
+        "job_dir",
+        flags.DEFINE_string,
+        DEFAULT_JOB_DIR,
+        "Job dir: checkpoints, config.json, the token table (vocab.txt), TensorBoard logs.",
+    )
+
+
+def define_decoding():
+    """--beam_size and --length_alpha: how evaluation and the SavedModel decode."""
+    beam = _define(
+        "beam_size",
+        flags.DEFINE_integer,
+        decoding.BEAM_SIZE,
+        "Beam width of evaluation and the exported decoder; 1: greedy.",
+        lower_bound=1,
+    )
+    alpha = _define(
+        "length_alpha",
+        flags.DEFINE_float,
+        decoding.LENGTH_ALPHA,
+        "Beam's final choice divides log-probability by length**alpha; 0: the most probable.",
+        lower_bound=0.0,
+    )
+    return beam, alpha
+
+
+def define_distribution():
+    """--strategy and --cpu_devices (see trainer/distribute.py)."""
+    from trainer import distribute
+
+    strategy = _define(
+        "strategy",
+        flags.DEFINE_enum,
+        "auto",
+        list(distribute.STRATEGIES),
+        "tf.distribute strategy; auto: mirrored on >1 GPU, else default.",
+    )
+    cpu_devices = _define(
+        "cpu_devices",
+        flags.DEFINE_integer,
+        0,
+        "Split the CPU into N logical devices (mirrored without GPUs); 0 leaves it whole.",
+        lower_bound=0,
+    )
+    return strategy, cpu_devices
