@@ -30,6 +30,8 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
         "eval": ["pycocoevalcap>=1.2"],
+        # TF Serving's request protos: the SavedModel's warm-up requests, gRPC clients.
+        "serving": ["tensorflow-serving-api>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
     },
 )

@@ -123,6 +123,7 @@ def demo(
             name: round(figures["accuracy"], 4)
             for name, figures in metrics.get("contrast_accuracy", {}).items()
         },
+        "pointing_game": metrics.get("pointing_game"),
         "test_images": metrics["images"],
         # The SavedModel on the original photos, as a user sends them.
         "served": served,

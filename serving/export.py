@@ -22,6 +22,23 @@ from preprocess import records, transform
 from trainer import cli, decoding, job, train
 
 DEFAULT_MODEL_NAME = "captioner"
+SERVING_DEFAULT, CAPTION_EXAMPLES, CAPTION_NBEST = (
+    "serving_default",
+    "caption_examples",
+    "caption_nbest",
+)
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+BATCHING_FILENAME = "batching_parameters.txt"
+# TF Serving's server-side batching, chosen from the SavedModel's images/s and latency by batch
+# size on a 2-core CPU (BENCHMARKS.md, "serving_batching"): the largest batch is where images/s
+# stops rising, the timeout a fraction of one batch's latency.
+BATCHING = {
+    "max_batch_size": 16,
+    "batch_timeout_micros": 5000,
+    "num_batch_threads": 2,
+    "max_enqueued_batches": 64,
+    "allowed_batch_sizes": (1, 2, 4, 8, 16),
+}
 # Images larger than this (decoded pixels) are refused before decoding: a small file that
 # claims 50,000 × 50,000 pixels must not allocate gigabytes inside the server.
 MAX_PIXELS = 40_000_000
@@ -106,8 +123,13 @@ class CaptionModule(tf.Module):
         self.length_alpha = length_alpha
         self.image_size = model.image_size
 
-    def _caption(self, images: tf.Tensor) -> dict:
-        result = decoding.caption(
+    def _decode(self, image_bytes: tf.Tensor) -> dict:
+        images = tf.map_fn(
+            lambda one: checked_decode(one, self.image_size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.uint8),
+        )
+        return decoding.caption(
             self.model,
             self.model.encode(images),
             self.vocab,
@@ -115,16 +137,31 @@ class CaptionModule(tf.Module):
             self.beam_size,
             self.length_alpha,
         )
-        return {key: result[key] for key in ("caption", "log_prob", "tokens", "attention")}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def caption_images(self, image_bytes):
-        images = tf.map_fn(
-            lambda one: checked_decode(one, self.image_size),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.uint8),
+        result = self._decode(image_bytes)
+        return {key: result[key] for key in ("caption", "log_prob", "tokens", "attention")}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="image_bytes"),
+            tf.TensorSpec([], tf.int32, name="num_captions"),
+        ]
+    )
+    def caption_nbest(self, image_bytes, num_captions):
+        """The beam's captions best first; `num_captions` ≤ 0 or over the beam: all of them."""
+        nbest = self._decode(image_bytes)["nbest"]
+        count = tf.where(
+            (num_captions > 0) & (num_captions < self.beam_size), num_captions, self.beam_size
         )
-        return self._caption(images)
+        return {
+            "captions": nbest["caption"][:, :count],
+            "log_probs": nbest["log_prob"][:, :count],
+            "token_log_probs": nbest["token_log_probs"][:, :count],
+            "tokens": nbest["tokens"][:, :count],
+            "attention": nbest["attention"][:, :count],
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def caption_examples(self, examples):
@@ -174,11 +211,82 @@ def export_module(module: CaptionModule, version_dir: str) -> str:
         module,
         version_dir,
         signatures={
-            "serving_default": module.caption_images,
-            "caption_examples": module.caption_examples,
+            SERVING_DEFAULT: module.caption_images,
+            CAPTION_EXAMPLES: module.caption_examples,
+            CAPTION_NBEST: module.caption_nbest,
         },
     )
+    written = write_warmup_requests(version_dir)
+    if not written:
+        print(
+            "no TF Serving warm-up requests written: pip install -e '.[serving]' "
+            "(tensorflow-serving-api) to add them",
+            flush=True,
+        )
     return version_dir
+
+
+def warmup_requests(model_name: str) -> list:
+    """One PredictionLog per signature, each a Predict request with a small valid image."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    png = tf.io.encode_png(tf.fill([32, 32, 3], tf.constant(128, tf.uint8))).numpy()
+    example = records.encode_example(png, "warmup.png", 32, 32, [])
+    inputs = {
+        SERVING_DEFAULT: {"image_bytes": tf.make_tensor_proto([png])},
+        CAPTION_EXAMPLES: {"examples": tf.make_tensor_proto([example])},
+        CAPTION_NBEST: {
+            "image_bytes": tf.make_tensor_proto([png]),
+            "num_captions": tf.make_tensor_proto(0, dtype=tf.int32),
+        },
+    }
+    logs = []
+    for signature, tensors in inputs.items():
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+        )
+        for name, tensor in tensors.items():
+            request.inputs[name].CopyFrom(tensor)
+        logs.append(
+            prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+        )
+    return logs
+
+
+def write_warmup_requests(version_dir: str) -> str:
+    """assets.extra/tf_serving_warmup_requests, which TF Serving replays before serving.
+
+    Returns its path, or "" without the `serving` extra (tensorflow-serving-api).
+    """
+    try:
+        logs = warmup_requests(os.path.basename(os.path.dirname(version_dir.rstrip("/"))))
+    except ImportError:
+        return ""
+    path = os.path.join(version_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def write_batching_parameters(export_dir: str) -> str:
+    """TF Serving's --batching_parameters_file (BatchingParameters text format) in export_dir."""
+    lines = [
+        f"{name} {{ value: {value} }}"
+        for name, value in BATCHING.items()
+        if name != "allowed_batch_sizes"
+    ]
+    lines += [f"allowed_batch_sizes: {size}" for size in BATCHING["allowed_batch_sizes"]]
+    path = os.path.join(export_dir, BATCHING_FILENAME)
+    with tf.io.gfile.GFile(path, "w") as batching_file:
+        batching_file.write(
+            "# TF Serving --enable_batching --batching_parameters_file; BENCHMARKS.md, "
+            '"serving_batching", says how these were chosen.\n' + "\n".join(lines) + "\n"
+        )
+    return path
 
 
 def export(
@@ -207,6 +315,7 @@ def export(
     )
     export_module(module, version_dir)
     write_models_config(export_dir)
+    write_batching_parameters(export_dir)
     if encoder_file:
         _save_encoder(model, encoder_file)
     return version_dir

@@ -59,11 +59,22 @@ def expand_images(patterns: list[str]) -> list[str]:
     return paths
 
 
-def caption_files(model_dir: str, paths: list[str], batch_size: int = 16):
-    """Yield (path, result dict) per image; unreadable images yield an "error" instead."""
+def caption_files(model_dir: str, paths: list[str], batch_size: int = 16, num_captions: int = 0):
+    """Yield (path, result dict) per image; unreadable images yield an "error" instead.
+
+    `num_captions` > 0 asks the `caption_nbest` signature for that many captions per image
+    (outputs with a leading [K] axis: captions, log_probs, token_log_probs, tokens, attention).
+    """
     import keras
 
-    serve = tf.saved_model.load(resolve_model_dir(model_dir)).signatures["serving_default"]
+    signatures = tf.saved_model.load(resolve_model_dir(model_dir)).signatures
+    if num_captions > 0:
+        nbest = signatures["caption_nbest"]
+
+        def serve(image_bytes):
+            return nbest(image_bytes=image_bytes, num_captions=tf.constant(num_captions))
+    else:
+        serve = signatures["serving_default"]
     progress = keras.utils.Progbar(len(paths), unit_name="image")
     for start in range(0, len(paths), batch_size):
         batch_paths = paths[start : start + batch_size]
@@ -81,6 +92,23 @@ def caption_files(model_dir: str, paths: list[str], batch_size: int = 16):
                 except tf.errors.InvalidArgumentError as error:
                     yield path, {"error": error.message.splitlines()[0]}
         progress.update(min(start + batch_size, len(paths)))
+
+
+def nbest_lines(result: dict) -> list[dict]:
+    """caption_nbest's outputs for one image → best first, each word with its log-probability."""
+    captions = []
+    for caption, log_prob, tokens, token_log_probs in zip(
+        result["captions"], result["log_probs"], result["tokens"], result["token_log_probs"]
+    ):
+        words = [
+            {"token": token.decode(), "log_prob": round(float(score), 4)}
+            for token, score in zip(tokens, token_log_probs)
+            if token
+        ]
+        captions.append(
+            {"caption": caption.decode(), "log_prob": round(float(log_prob), 4), "tokens": words}
+        )
+    return captions
 
 
 def plot_attention(path: str, result: dict, out_path: str) -> None:
@@ -125,14 +153,27 @@ def predict(
     output: str = "",
     attention_plot: str = "",
     batch_size: int = 16,
+    num_captions: int = 0,
 ) -> list[dict]:
     paths = expand_images(patterns)
     if attention_plot:
         os.makedirs(attention_plot, exist_ok=True)
     lines = []
-    for path, result in caption_files(model_dir, paths, batch_size):
+    for path, result in caption_files(model_dir, paths, batch_size, num_captions):
         if "error" in result:
             line = {"image": path, "error": result["error"]}
+        elif num_captions > 0:
+            line = {"image": path, "captions": nbest_lines(result)}
+            if attention_plot:
+                best = {
+                    "caption": result["captions"][0],
+                    "tokens": result["tokens"][0],
+                    "attention": result["attention"][0],
+                }
+                stem = os.path.splitext(os.path.basename(path))[0]
+                plot_path = os.path.join(attention_plot, f"{stem}.png")
+                plot_attention(path, best, plot_path)
+                line["attention_plot"] = plot_path
         else:
             line = {
                 "image": path,
@@ -161,7 +202,14 @@ def main(argv):
     images = argv[1:]
     if not images:
         raise app.UsageError("name at least one image, folder or glob after the flags")
-    lines = predict(FLAGS.model_dir, images, FLAGS.output, FLAGS.attention_plot, FLAGS.batch_size)
+    lines = predict(
+        FLAGS.model_dir,
+        images,
+        FLAGS.output,
+        FLAGS.attention_plot,
+        FLAGS.batch_size,
+        FLAGS.num_captions,
+    )
     failed = sum("error" in line for line in lines)
     if failed:
         print(f"{failed} of {len(lines)} images could not be captioned", file=sys.stderr)
@@ -176,4 +224,11 @@ if __name__ == "__main__":
     flags.DEFINE_string("output", "", "Write JSON lines here instead of stdout.")
     flags.DEFINE_string("attention_plot", "", "Save one attention figure per image here.")
     flags.DEFINE_integer("batch_size", 16, "Images per request.", lower_bound=1)
+    flags.DEFINE_integer(
+        "num_captions",
+        0,
+        "K > 0: the K best captions per image (the caption_nbest signature), each word with its "
+        "log-probability; at most the exported beam size.",
+        lower_bound=0,
+    )
     app.run(main)

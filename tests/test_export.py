@@ -88,7 +88,7 @@ def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_
 
 def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, split_images):
     loaded = tf.saved_model.load(exported)
-    assert set(loaded.signatures) == {"serving_default", "caption_examples"}
+    assert set(loaded.signatures) == {"serving_default", "caption_examples", "caption_nbest"}
     serve = loaded.signatures["serving_default"]
     (spec,) = serve.structured_input_signature[1].values()
     assert spec.name == "image_bytes" and spec.dtype == tf.string
@@ -175,3 +175,154 @@ def test_saved_model_cli_shows_and_runs_it(exported, split_images, tmp_path):
         check=True,
     ).stdout
     assert "caption" in ran and "log_prob" in ran
+
+
+@pytest.fixture(scope="module")
+def exported_beam3(trained_job, tmp_path_factory):
+    return export.export(trained_job, str(tmp_path_factory.mktemp("exports3")), beam_size=3)
+
+
+def test_nbest_is_distinct_sorted_and_its_first_is_the_served_caption(exported_beam3, split_images):
+    loaded = tf.saved_model.load(exported_beam3)
+    images = tf.constant([open(path, "rb").read() for path in split_images])
+    served = loaded.signatures["serving_default"](image_bytes=images)
+    nbest = loaded.signatures["caption_nbest"](image_bytes=images, num_captions=tf.constant(0))
+    batch, steps = served["tokens"].shape
+    assert nbest["captions"].shape == (batch, 3)
+    assert nbest["token_log_probs"].shape == nbest["tokens"].shape == (batch, 3, steps)
+    assert nbest["attention"].shape == (batch, 3, steps, served["attention"].shape[-1])
+    np.testing.assert_array_equal(nbest["captions"][:, 0], served["caption"])
+    np.testing.assert_allclose(nbest["log_probs"][:, 0], served["log_prob"], atol=1e-5)
+    log_probs = nbest["log_probs"].numpy()
+    assert (np.diff(log_probs, axis=1) <= 1e-6).all()  # Best first (length_alpha 0).
+    for row in nbest["captions"].numpy():
+        assert len(set(row)) == len(row)  # Distinct beams.
+    np.testing.assert_allclose(nbest["token_log_probs"].numpy().sum(-1), log_probs, atol=1e-4)
+    # Zero after <end>: a finished beam continues with <pad> at no cost.
+    tokens = nbest["tokens"].numpy()
+    assert (nbest["token_log_probs"].numpy()[tokens == b""] == 0).all()
+
+
+def test_nbest_of_one_equals_serving_default(exported_beam3, split_images):
+    loaded = tf.saved_model.load(exported_beam3)
+    images = tf.constant([open(path, "rb").read() for path in split_images[:3]])
+    served = loaded.signatures["serving_default"](image_bytes=images)
+    one = loaded.signatures["caption_nbest"](image_bytes=images, num_captions=tf.constant(1))
+    assert one["captions"].shape == (3, 1)
+    np.testing.assert_array_equal(one["captions"][:, 0], served["caption"])
+    np.testing.assert_array_equal(one["tokens"][:, 0], served["tokens"])
+    np.testing.assert_allclose(one["attention"][:, 0], served["attention"], atol=1e-6)
+
+
+@pytest.mark.parametrize("signature", ["serving_default", "caption_examples", "caption_nbest"])
+def test_bad_bytes_raise_invalid_argument_on_every_signature(exported_beam3, signature):
+    serve = tf.saved_model.load(exported_beam3).signatures[signature]
+    bad = b"hello, I am text"
+    inputs = {"image_bytes": tf.constant([bad])}
+    if signature == "caption_examples":
+        inputs = {"examples": tf.constant([records.encode_example(bad, "x.jpg", 1, 1, [])])}
+    elif signature == "caption_nbest":
+        inputs["num_captions"] = tf.constant(2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):
+        serve(**inputs)
+
+
+def test_warmup_requests_parse_and_replay_on_every_signature(exported_beam3):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(exported_beam3, "assets.extra", "tf_serving_warmup_requests")
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(path)
+    ]
+    signatures = tf.saved_model.load(exported_beam3).signatures
+    replayed = set()
+    for log in logs:
+        request = log.predict_log.request
+        assert request.model_spec.name == "captioner"
+        inputs = {name: tf.constant(tf.make_ndarray(t)) for name, t in request.inputs.items()}
+        outputs = signatures[request.model_spec.signature_name](**inputs)
+        assert outputs  # Ran: a caption (or n-best) per image.
+        replayed.add(request.model_spec.signature_name)
+    assert replayed == set(signatures)
+
+
+def batching_parameters_class():
+    """TF Serving's BatchingParameters (session_bundle_config.proto), built from its field names
+    and types; the tensorflow-serving-api wheel does not ship it."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="batching_test.proto",
+        package="tensorflow.serving",
+        dependency=["google/protobuf/wrappers.proto"],
+        syntax="proto3",
+    )
+    message = file_proto.message_type.add(name="BatchingParameters")
+    field = descriptor_pb2.FieldDescriptorProto
+    wrapped = {
+        "max_batch_size": (1, ".google.protobuf.Int64Value"),
+        "batch_timeout_micros": (2, ".google.protobuf.Int64Value"),
+        "max_enqueued_batches": (3, ".google.protobuf.Int64Value"),
+        "num_batch_threads": (4, ".google.protobuf.Int64Value"),
+        "thread_pool_name": (5, ".google.protobuf.StringValue"),
+        "pad_variable_length_inputs": (7, ".google.protobuf.BoolValue"),
+    }
+    for name, (number, type_name) in wrapped.items():
+        message.field.add(
+            name=name,
+            number=number,
+            type=field.TYPE_MESSAGE,
+            type_name=type_name,
+            label=field.LABEL_OPTIONAL,
+        )
+    message.field.add(
+        name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED
+    )
+    pool.Add(file_proto)
+    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    return message_factory.GetMessageClass(descriptor)
+
+
+def test_batching_parameters_are_tf_servings_text_format(exported_beam3):
+    from google.protobuf import text_format
+
+    path = os.path.join(os.path.dirname(os.path.dirname(exported_beam3)), "batching_parameters.txt")
+    parameters = text_format.Parse(open(path).read(), batching_parameters_class()())
+    assert parameters.max_batch_size.value == export.BATCHING["max_batch_size"]
+    assert parameters.num_batch_threads.value >= 1 and parameters.batch_timeout_micros.value > 0
+    sizes = list(parameters.allowed_batch_sizes)
+    assert sizes == sorted(sizes) and sizes[-1] == parameters.max_batch_size.value
+    with pytest.raises(text_format.ParseError):  # Unknown fields fail: the check is real.
+        text_format.Parse("max_batch_size: 32\n", batching_parameters_class()())
+
+
+def test_saved_model_cli_runs_caption_nbest(exported_beam3, split_images, tmp_path):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    image = open(split_images[0], "rb").read()
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, np.array([image], dtype=f"S{len(image)}"))
+    ran = subprocess.run(
+        [
+            cli,
+            "run",
+            "--dir",
+            exported_beam3,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "caption_nbest",
+            "--inputs",
+            f"image_bytes={inputs}",
+            "--input_exprs",
+            "num_captions=np.int32(2)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "captions" in ran and "token_log_probs" in ran

@@ -95,6 +95,7 @@ def test_two_workers_on_loopback_train_like_one_and_only_the_chief_keeps_checkpo
         "feature_cache",
         "logs",
         "train_metrics.json",
+        "vocab.txt",
     ]
 
 

@@ -71,3 +71,20 @@ def test_missing_model_and_images_name_the_problem(model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such image"):
         predict.expand_images([str(tmp_path / "nothing*.jpg")])
     assert predict.resolve_model_dir(model_dir).endswith("1")
+
+
+def test_num_captions_prints_the_n_best_with_per_word_scores(model_dir, image_folder, tmp_path):
+    # The default export is a beam of decoding.BEAM_SIZE (3): ask for 2 of them.
+    lines = predict.predict(
+        model_dir, [str(image_folder)], attention_plot=str(tmp_path / "plots"), num_captions=2
+    )
+    assert len(lines) == 2
+    for line in lines:
+        captions = line["captions"]
+        assert len(captions) == 2 and captions[0]["log_prob"] >= captions[1]["log_prob"]
+        for caption in captions:
+            total = sum(token["log_prob"] for token in caption["tokens"])
+            assert total == pytest.approx(caption["log_prob"], abs=1e-2)
+            words = [t["token"] for t in caption["tokens"] if t["token"] != "<end>"]
+            assert " ".join(words) == caption["caption"]
+        assert os.path.exists(line["attention_plot"])

@@ -84,7 +84,7 @@ def job_without_data(tmp_path_factory):
     photos = root / "photos"
     photos.mkdir()
     entries = []
-    for index in range(36):  # Training photos: small, of varied aspect ratios.
+    for index in range(24):  # Training photos: small, of varied aspect ratios.
         name = f"train{index:02d}.jpg"
         width, height = (120, 90) if index % 2 else (90, 120)
         caption = photo(str(photos / name), width, height, "jpeg", index)
@@ -102,7 +102,7 @@ def job_without_data(tmp_path_factory):
             f"--output_dir={data_dir}",
         ]
     )
-    train.train(tiny_config(data_dir, job_dir, epochs=6, max_length=6, deterministic=False))
+    train.train(tiny_config(data_dir, job_dir, epochs=4, max_length=6, deterministic=False))
     moved = str(root / "moved_records")
     shutil.move(data_dir, moved)  # The job dir must stand alone.
     return job_dir, moved, str(photos), [name for name, *_ in TEST_PHOTOS]

@@ -55,11 +55,21 @@ def good_images() -> dict[str, bytes]:
     return images
 
 
-@pytest.fixture(scope="module")
-def serve(trained_job, tmp_path_factory):
+@pytest.fixture(scope="module", params=["serving_default", "caption_nbest"])
+def serve(trained_job, tmp_path_factory, request):
+    """A signature as one-image-in, {"caption"}-out, whichever it is; n-best from a beam of 2."""
     export_dir = str(tmp_path_factory.mktemp("load_exports"))
-    version_dir = export.export(trained_job, export_dir, beam_size=1)
-    return tf.saved_model.load(version_dir).signatures["serving_default"]
+    if request.param == "serving_default":
+        version_dir = export.export(trained_job, export_dir, beam_size=1)
+        return tf.saved_model.load(version_dir).signatures["serving_default"]
+    version_dir = export.export(trained_job, export_dir, beam_size=2)
+    nbest = tf.saved_model.load(version_dir).signatures["caption_nbest"]
+
+    def best_of_nbest(image_bytes):
+        outputs = nbest(image_bytes=image_bytes, num_captions=tf.constant(2))
+        return {"caption": outputs["captions"][:, 0], "captions": outputs["captions"]}
+
+    return best_of_nbest
 
 
 @pytest.fixture(scope="module")

@@ -40,14 +40,16 @@ def beam_decode(
     length ** length_alpha (length counts the <end> token): 0 picks the most probable caption,
     1 the best mean log-probability per token, which favours long captions (see LENGTH_ALPHA).
     Finished beams continue with <pad> at no cost.
-    Returns token_ids [B, T] int32, log_prob [B], score [B], length [B], attention [B, T, L].
+    Returns token_ids [B, T] int32, log_prob [B], score [B], length [B], attention [B, T, L]
+    of the best beam, and "nbest": the same of every beam, best first ([B, K, ...], K =
+    beam_size), with token_log_probs [B, K, T] (each token's log-probability; 0 after <end>).
     """
     beams = beam_size
 
     def gather_beams(values, beam_index):
         return tf.gather(values, beam_index, batch_dims=1)
 
-    def body(t, last, state, scores, finished, lengths, history, attention_history):
+    def body(t, last, state, scores, finished, lengths, history, attention_history, token_history):
         log_probs, new_state, attention = step_fn(tf.reshape(last, [-1]), state)
         vocab = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(tf.cast(log_probs, tf.float32), [batch_size, beams, vocab])
@@ -70,13 +72,30 @@ def beam_decode(
         attention = tf.where(was_finished[..., None], 0.0, gather_beams(attention, beam_index))
         at_t = tf.one_hot(t, max_steps, dtype=tf.int32)  # Write position t of the histories.
         history = gather_beams(history, beam_index) * (1 - at_t) + token[..., None] * at_t
+        # The chosen token's own log-probability: what it added to its beam's score.
+        token_log_prob = top_scores - gather_beams(scores, beam_index)
+        at_t_float = tf.cast(at_t, tf.float32)
+        token_history = (
+            gather_beams(token_history, beam_index) * (1.0 - at_t_float)
+            + token_log_prob[..., None] * at_t_float
+        )
         attention_history = (
             gather_beams(attention_history, beam_index) * (1.0 - tf.cast(at_t, tf.float32))[:, None]
             + attention[..., None, :] * tf.cast(at_t, tf.float32)[:, None]
         )
         lengths = gather_beams(lengths, beam_index) + tf.cast(~was_finished, tf.int32)
         finished = was_finished | (token == text.END_ID)
-        return t + 1, token, new_state, top_scores, finished, lengths, history, attention_history
+        return (
+            t + 1,
+            token,
+            new_state,
+            top_scores,
+            finished,
+            lengths,
+            history,
+            attention_history,
+            token_history,
+        )
 
     def keep_going(t, last, state, scores, finished, *_):
         return tf.logical_and(t < max_steps, ~tf.reduce_all(finished))
@@ -91,20 +110,25 @@ def beam_decode(
         tf.zeros([batch_size, beams], tf.int32),
         tf.zeros([batch_size, beams, max_steps], tf.int32),
         tf.zeros([batch_size, beams, max_steps, num_locations], tf.float32),
+        tf.zeros([batch_size, beams, max_steps], tf.float32),
     )
-    _, _, _, scores, _, lengths, history, attention_history = tf.while_loop(
+    _, _, _, scores, _, lengths, history, attention_history, token_history = tf.while_loop(
         keep_going, body, loop_vars, maximum_iterations=max_steps
     )
     normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_alpha)
-    best = tf.argmax(normalised, axis=-1, output_type=tf.int32)
-    pick = lambda values: tf.gather(values, best, batch_dims=1)  # noqa: E731
-    return {
-        "token_ids": pick(history),
-        "log_prob": pick(scores),
-        "score": pick(normalised),
-        "length": pick(lengths),
-        "attention": pick(attention_history),
+    # Stable, so ties keep beam order and the first is argmax's pick.
+    order = tf.argsort(normalised, axis=-1, direction="DESCENDING", stable=True)
+    ranked = {
+        "token_ids": history,
+        "log_prob": scores,
+        "score": normalised,
+        "length": lengths,
+        "attention": attention_history,
+        "token_log_probs": token_history,
     }
+    ranked = {key: tf.gather(value, order, batch_dims=1) for key, value in ranked.items()}
+    best = {key: value[:, 0] for key, value in ranked.items() if key != "token_log_probs"}
+    return {**best, "nbest": ranked}
 
 
 def ids_to_text(token_ids: tf.Tensor, vocab: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -131,7 +155,8 @@ def caption(
     """CNN features [B, L, 1280] → captions with `model` (a trainer.model.Captioner).
 
     Returns caption [B], tokens [B, T], token_ids, log_prob [B], score, length, attention [B, T, L]
-    with T = max_length - 1 (the decoder's steps).
+    with T = max_length - 1 (the decoder's steps), and "nbest": every beam's, best first
+    (caption [B, K], tokens, token_ids, token_log_probs [B, K, T], log_prob, attention, ...).
     """
     features, keys = model.prepare(cnn_features)
     batch_size = tf.shape(features)[0]
@@ -153,6 +178,12 @@ def caption(
         length_alpha,
     )
     result["tokens"], result["caption"] = ids_to_text(result["token_ids"], vocab)
+    nbest = result["nbest"]
+    ids = nbest["token_ids"]
+    shape = tf.shape(ids)
+    tokens, captions = ids_to_text(tf.reshape(ids, [-1, shape[-1]]), vocab)
+    nbest["tokens"] = tf.reshape(tokens, shape)
+    nbest["caption"] = tf.reshape(captions, shape[:2])
     return result
 
 

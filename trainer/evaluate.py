@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from preprocess import text
-from trainer import cli, data, decoding, train
+from preprocess import sample_data, text
+from trainer import cli, data, decoding, grounding, train
 
 # Word pairs whose choice only the image can settle: teacher-forced, does the decoder prefer the
 # reference's word over its opposite? Decoding can avoid a word it is unsure of (and a caption
@@ -99,8 +99,6 @@ def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str)
     (a caption can be true by saying less; this says how much it says). An image missing from
     scenes.json is an error: the share would otherwise be of fewer images than the metrics say.
     """
-    from preprocess import sample_data
-
     scenes = sample_data.load_scenes(scenes_path)
     missing = sorted(set(filenames) - set(scenes))
     if missing:
@@ -197,7 +195,11 @@ def caption_split(
     limit: int = 0,
     length_alpha: float = decoding.LENGTH_ALPHA,
 ) -> list[dict]:
-    """Caption every image of `split` in batches, in-graph; one dict per image."""
+    """Caption every image of `split` in batches, in-graph; one dict per image.
+
+    Each row also holds the generated "tokens" (up to <end>) and the decoder's "attention" at
+    each of their steps ([tokens, locations]), for the pointing game; not written to disk.
+    """
     tokenizer = data.Tokenizer(tokens, config.max_length)
     dataset = split_dataset(tokenizer, config, data_dir, split, batch_size)
     vocab = tf.constant(tokens)
@@ -207,24 +209,29 @@ def caption_split(
         result = decoding.caption(
             model, model.encode(images), vocab, config.max_length, beam_size, length_alpha
         )
-        return result["caption"], result["log_prob"]
+        return result["caption"], result["log_prob"], result["tokens"], result["attention"]
 
     rows: list[dict] = []
     progress = keras.utils.Progbar(None, unit_name="image")
     for batch in dataset:
-        captions, log_probs = caption_images(batch["image"])
-        for filename, caption, log_prob, references in zip(
+        captions, log_probs, batch_tokens, attention = caption_images(batch["image"])
+        for filename, caption, log_prob, references, row_tokens, row_attention in zip(
             batch["filename"].numpy(),
             captions.numpy(),
             log_probs.numpy(),
             batch["references"].numpy(),
+            batch_tokens.numpy(),
+            attention.numpy(),
         ):
+            words = [token.decode() for token in row_tokens if token]
             rows.append(
                 {
                     "image": filename.decode(),
                     "caption": caption.decode(),
                     "log_prob": float(log_prob),
                     "references": references.decode().split("\n"),
+                    "tokens": words,
+                    "attention": row_attention[: len(words)].astype(np.float16),
                 }
             )
         progress.update(len(rows))
@@ -267,12 +274,15 @@ def evaluate(
     scenes = find_scenes(data_dir)
     if scenes:
         metrics.update(truth_figures([row["image"] for row in rows], hypotheses, scenes))
+        metrics["pointing_game"] = grounding.pointing_game(rows, sample_data.load_scenes(scenes))
     output_dir = output_dir or os.path.join(job_dir, f"eval_{split}")
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as out:
         json.dump(metrics, out, indent=2)
     with tf.io.gfile.GFile(os.path.join(output_dir, "captions.jsonl"), "w") as out:
-        out.write("".join(json.dumps(row) + "\n" for row in rows))
+        for row in rows:
+            written = {key: value for key, value in row.items() if key != "attention"}
+            out.write(json.dumps(written) + "\n")
     return {"metrics": metrics, "rows": rows, "output_dir": output_dir}
 
 

@@ -19,7 +19,8 @@ there, whether it is large, and its centre. The head reads the encoder's whole f
 which is what the captioner's attention reads from them.
 
 Writes `--output` (EfficientNetB0 notop, Keras weights format) for `--encoder_weights=FILE`, and
-`--output` + `.json` with the held-out figures. TensorBoard logs go to `--job_dir`.
+`--output` + `.json` with the held-out figures. TensorBoard logs and the best checkpoint go to
+`--job_dir` (default jobs/pretrain).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from preprocess import records, sample_data, transform
-from trainer import data, model
+from trainer import cli, data, model
 
 KINDS = tuple(itertools.product(sample_data.COLORS, sample_data.SHAPES))
 # Per kind: present, large (if present), centre x, centre y (fractions of the image's sides).
@@ -44,7 +45,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Output dir of preprocess.run over the sample scenes.")
 flags.DEFINE_string("scenes", None, "The sample's scenes.json (or the directory holding it).")
 flags.DEFINE_string("output", "encoder.weights.h5", "Where to write the encoder's weights.")
-flags.DEFINE_string("job_dir", "jobs/pretrain", "TensorBoard logs and the best checkpoint.")
+cli.define_job_dir()
+# Pretraining's own job dir unless --job_dir is given: never a captioner's.
+PRETRAIN_JOB_DIR = "jobs/pretrain"
 flags.DEFINE_integer("image_size", 64, "Square input size, pixels.")
 flags.DEFINE_integer("epochs", 20, "Passes over the train split.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1)
@@ -281,7 +284,7 @@ def main(argv: list[str]) -> None:
         FLAGS.data_dir,
         FLAGS.scenes,
         FLAGS.output,
-        FLAGS.job_dir,
+        FLAGS.job_dir if FLAGS["job_dir"].present else PRETRAIN_JOB_DIR,
         image_size=FLAGS.image_size,
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size,
