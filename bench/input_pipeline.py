@@ -41,7 +41,6 @@ from preprocess import records, text  # noqa: E402
 from trainer import data  # noqa: E402
 
 IMAGE_SIZE = 224
-CAPTIONS_PER_IMAGE = 5
 WORDS = (
     "a man woman dog child girl boy two people in on the with of and is are red blue green "
     "white black shirt street water grass ball running sitting standing playing walking near "
@@ -53,7 +52,10 @@ def write_shards(out_dir: str, jpegs: list[bytes], shards: int, seed: int = 0) -
     """Train shards of the real schema, 5 captions per image, and vocab.txt beside them."""
     rng = np.random.default_rng(seed)
     captions = [
-        [" ".join(rng.choice(WORDS, rng.integers(8, 16))) for _ in range(CAPTIONS_PER_IMAGE)]
+        [
+            " ".join(rng.choice(WORDS, rng.integers(8, 16)))
+            for _ in range(records.CAPTIONS_PER_IMAGE)
+        ]
         for _ in jpegs
     ]
     paths = [
@@ -82,7 +84,9 @@ def pipeline_rate(
     files: list[str], tokenizer: data.Tokenizer, batch: int, passes: int, skip: int
 ) -> tuple[float, int]:
     """(images/s, images timed) of make_dataset over `passes` passes, first `skip` batches out."""
-    dataset = data.make_dataset(files * passes, tokenizer, batch, IMAGE_SIZE, shuffle=True)
+    dataset = data.make_dataset(
+        files * passes, tokenizer, batch, data.Images(IMAGE_SIZE), shuffle=True
+    )
     images, started = 0, None
     for index, element in enumerate(dataset):
         if index == skip:

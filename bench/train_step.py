@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
-from trainer import train  # noqa: E402
+from trainer import steps, train  # noqa: E402
 from trainer.model import CNN_CHANNELS, Captioner, masked_loss_sum  # noqa: E402
 
 FLOP_PER_CAPTION = 0.81e9  # Issue 4: forward ≈ 0.27 GFLOP, backward ≈ 2× forward.
@@ -107,7 +107,7 @@ def build(vocab: int, embedding_dim: int, units: int, max_length: int, seed: int
 
 def make_optimizer() -> keras.optimizers.Optimizer:
     """The trainer's own optimizer at its defaults (Adam 1e-3, global clipnorm 5)."""
-    return train.make_optimizer(train.TrainConfig(data_dir="", job_dir=""))
+    return steps.make_optimizer(train.TrainConfig(data_dir="", job_dir=""))
 
 
 def timed(step, seconds: float, min_steps: int = 3) -> tuple[float, int, float]:
@@ -125,7 +125,7 @@ def graph_step(model, batch: dict, jit_compile: bool):
     """The trainer's own train_step (default strategy) as a zero-argument callable."""
     optimizer = make_optimizer()
     optimizer.build(model.trainable_variables)
-    train_step, _, _ = train.make_step_functions(
+    train_step, _, _ = steps.make_step_functions(
         model,
         optimizer,
         tf.distribute.get_strategy(),

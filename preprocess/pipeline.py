@@ -30,7 +30,6 @@ TARGET_SHARD_BYTES = 100 * 1024 * 1024
 # Records keep the original files: Flickr30k's images folder over its image count, for
 # estimating shard counts up front.
 _IMAGE_BYTES = 130 * 1024
-_CAPTIONS_PER_IMAGE = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +148,12 @@ def estimate_num_shards(config: PreprocessConfig) -> dict[str, int]:
         for _, _, _, split in rows:
             split = sources.KARPATHY_SPLITS.get(split)
             if split:
-                images_per_split[split] += 1 / _CAPTIONS_PER_IMAGE
+                images_per_split[split] += 1 / records.CAPTIONS_PER_IMAGE
     else:
         line_ranges = sources.line_ranges(config.captions_file)
         lines = line_ranges[-1][3] if line_ranges else 0
         images_per_split = {
-            split: lines / _CAPTIONS_PER_IMAGE * fraction
+            split: lines / records.CAPTIONS_PER_IMAGE * fraction
             for split, fraction in zip(records.SPLITS, config.split_fractions, strict=True)
         }
     return {

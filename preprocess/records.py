@@ -16,7 +16,15 @@ IMAGE_HEIGHT = "image/height"
 IMAGE_WIDTH = "image/width"
 CAPTION_TEXT = "caption/text"
 
+# The trainer's feature cache (trainer/cache.py): its own records, never in shards. The frozen
+# encoder's float16 features; the same image's mirrored left-right (with --mirror).
+CACHE_SCHEMA = "feature_cache_v1"
+CNN_FEATURES = "image/cnn_features"
+CNN_FEATURES_MIRRORED = "image/cnn_features_mirrored"
+
 SPLITS = ("train", "val", "test")
+# Flickr30k's (and Flickr8k's, and the sample's) captions per image.
+CAPTIONS_PER_IMAGE = 5
 MANIFEST_FILENAME = "manifest.json"
 REJECTS_PREFIX = "rejects"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"

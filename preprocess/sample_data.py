@@ -27,12 +27,14 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from preprocess import records
+
 DEFAULT_RAW_DIR = os.path.join("data", "sample")
 IMAGES_SUBDIR = "flickr30k_images"
 CAPTIONS_FILENAME = "results.csv"
 SCENES_FILENAME = "scenes.json"
 CAPTIONS_HEADER = "image_name| comment_number| comment"
-CAPTIONS_PER_IMAGE = 5
+CAPTIONS_PER_IMAGE = records.CAPTIONS_PER_IMAGE
 
 SHAPES = ("circle", "square", "triangle")
 # No colour name starts with a vowel, so the article is always "a".
@@ -47,12 +49,6 @@ COLORS = {
 }
 SIZES = ("small", "large")
 RELATIONS = ("to the left of", "to the right of", "above", "below")
-_INVERSE = {
-    "to the left of": "to the right of",
-    "to the right of": "to the left of",
-    "above": "below",
-    "below": "above",
-}
 # Half-extent of a shape and the clear gap between shapes, as fractions of the shorter side.
 _HALF_EXTENT = {"small": 0.08, "large": 0.15}
 _GAP_FRACTION = 0.05

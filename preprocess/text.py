@@ -15,6 +15,10 @@ RESERVED_TOKENS = (PAD, UNK, START, END)
 PAD_ID, UNK_ID, START_ID, END_ID = range(len(RESERVED_TOKENS))
 
 VOCAB_FILENAME = "vocab.txt"
+# Words whose meaning flips when the image is mirrored (left-right) or read for contrast.
+LEFT_RIGHT = ("left", "right")
+ABOVE_BELOW = ("above", "below")
+SPATIAL_OPPOSITES = (LEFT_RIGHT, ABOVE_BELOW)
 # A caption line longer than this is refused rather than normalised (hostile input).
 MAX_CAPTION_CHARS = 2000
 

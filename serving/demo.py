@@ -188,6 +188,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("epochs", 8, "Training epochs.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Global batch.", lower_bound=1)
     cli.define_decoding()
+    flags.adopt_module_key_flags(cli)
     flags.DEFINE_integer("show", 4, "Held-out images to caption and plot.", lower_bound=1)
     cli.define_distribution()
     FLAGS.set_default("strategy", "default")  # One device: the figures it reports are for that.

@@ -362,6 +362,7 @@ def main(argv):
 if __name__ == "__main__":
     cli.define_job_dir()
     cli.define_decoding()
+    flags.adopt_module_key_flags(cli)
     flags.DEFINE_string("export_dir", "exports", "Root of the exported models.")
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name (a TF Serving model).")
     flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)

@@ -10,6 +10,7 @@ import tensorflow as tf
 from preprocess import records, text, transform
 from trainer import data
 
+IMAGES = data.Images(32)
 TOKENS = list(text.RESERVED_TOKENS) + ["a", "red", "square", "blue", "circle"]
 
 
@@ -38,7 +39,7 @@ def test_tokenizer_encodes_a_batch_like_each_caption_alone():
 def test_dataset_batches_shift_targets_by_one(tiny_data):
     tokenizer = data.Tokenizer(text.read_vocab(os.path.join(tiny_data, "vocab.txt")), 8)
     dataset = data.make_dataset(
-        data.shard_files(tiny_data, "val"), tokenizer, 4, 32, keep_references=True
+        data.shard_files(tiny_data, "val"), tokenizer, 4, IMAGES, keep_references=True
     )
     batch = next(iter(dataset))
     assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == tf.uint8
@@ -50,8 +51,8 @@ def test_dataset_batches_shift_targets_by_one(tiny_data):
 def test_caption_sampling_all_yields_every_caption_once(tiny_data):
     tokenizer = data.Tokenizer(text.read_vocab(os.path.join(tiny_data, "vocab.txt")), 8)
     files = data.shard_files(tiny_data, "val")  # 6 images × 2 captions.
-    every = data.make_dataset(files, tokenizer, 100, 32, caption_sampling="all")
-    first = data.make_dataset(files, tokenizer, 100, 32, caption_sampling="first")
+    every = data.make_dataset(files, tokenizer, 100, IMAGES, caption_sampling="all")
+    first = data.make_dataset(files, tokenizer, 100, IMAGES, caption_sampling="first")
     assert next(iter(every))["input_ids"].shape[0] == 12
     assert next(iter(first))["input_ids"].shape[0] == 6
 
@@ -61,7 +62,9 @@ def test_random_sampling_is_deterministic_for_a_seed(tiny_data):
     files = data.shard_files(tiny_data, "val")
 
     def draw(seed):
-        dataset = data.make_dataset(files, tokenizer, 6, 32, caption_sampling="random", seed=seed)
+        dataset = data.make_dataset(
+            files, tokenizer, 6, IMAGES, caption_sampling="random", seed=seed
+        )
         return next(iter(dataset))["input_ids"].numpy()
 
     np.testing.assert_array_equal(draw(1), draw(1))
@@ -121,7 +124,7 @@ def test_mirror_flips_the_image_and_swaps_left_right_in_its_caption(tmp_path):
     left, right = MIRROR_TOKENS.index("left"), MIRROR_TOKENS.index("right")
     for sampling in ("all", "random"):
         dataset = data.make_dataset(
-            [path], tokenizer, 64, 32, caption_sampling=sampling, mirror=True
+            [path], tokenizer, 64, IMAGES, caption_sampling=sampling, mirror=True
         )
         batch = next(iter(dataset))
         images, targets = batch["image"].numpy(), batch["target_ids"].numpy()
@@ -135,7 +138,7 @@ def test_mirror_flips_the_image_and_swaps_left_right_in_its_caption(tmp_path):
         # Every caption with a relation says "left"; mirrored, it must say "right" instead.
         assert (said_right == (flipped & relation.any(axis=1))).all()
     # Without mirror nothing is flipped or swapped.
-    plain = next(iter(data.make_dataset([path], tokenizer, 64, 32, caption_sampling="all")))
+    plain = next(iter(data.make_dataset([path], tokenizer, 64, IMAGES, caption_sampling="all")))
     assert not (plain["image"].numpy()[:, 0, 0, 0] > 128).any()
     assert not (plain["target_ids"].numpy() == right).any()
 
@@ -160,7 +163,7 @@ def test_mirror_reads_the_cached_mirrored_features_with_the_swapped_caption(tmp_
     batch = next(
         iter(
             data.make_dataset(
-                [path], tokenizer, 8, 32, caption_sampling="all", cached_locations=4, mirror=True
+                [path], tokenizer, 8, data.CachedFeatures(4), caption_sampling="all", mirror=True
             )
         )
     )
@@ -174,7 +177,7 @@ def test_mirror_reads_the_cached_mirrored_features_with_the_swapped_caption(tmp_
     # Unshuffled evaluation datasets (mirror=False) read the original features only.
     plain = next(
         iter(
-            data.make_dataset([path], tokenizer, 8, 32, caption_sampling="all", cached_locations=4)
+            data.make_dataset([path], tokenizer, 8, data.CachedFeatures(4), caption_sampling="all")
         )
     )
     assert (plain["cnn_features"].numpy() == 0).all()
@@ -202,11 +205,13 @@ def test_feature_cache_with_mirror_stores_the_mirrored_images_features(tiny_data
     image = transform.preprocess_image(
         source.features.feature[records.IMAGE_ENCODED].bytes_list.value[0], 32
     )[None]
-    np.testing.assert_allclose(stored(data.CNN_FEATURES), model.encode(image), atol=2e-2, rtol=1e-2)
     np.testing.assert_allclose(
-        stored(data.CNN_FEATURES_MIRRORED),
+        stored(records.CNN_FEATURES), model.encode(image), atol=2e-2, rtol=1e-2
+    )
+    np.testing.assert_allclose(
+        stored(records.CNN_FEATURES_MIRRORED),
         model.encode(tf.reverse(image, axis=[2])),
         atol=2e-2,
         rtol=1e-2,
     )
-    assert not np.allclose(stored(data.CNN_FEATURES), stored(data.CNN_FEATURES_MIRRORED))
+    assert not np.allclose(stored(records.CNN_FEATURES), stored(records.CNN_FEATURES_MIRRORED))

@@ -334,7 +334,7 @@ def test_load_image_rejects_every_row_of_a_refused_image(tmp_path):
         loaded = (
             beam_pipeline
             | beam.Create([("absent.jpg", rows)])
-            | beam.ParDo(pipeline.LoadImage(str(tmp_path), 32)).with_outputs(
+            | beam.ParDo(pipeline.LoadImage(str(tmp_path))).with_outputs(
                 sources.REJECTS, main="images"
             )
         )

@@ -7,9 +7,7 @@ NATIVE_LINE = "All log messages before absl::InitializeLog()"
 
 def run_help(env: dict) -> str:
     process = start_module(["serving.export", "--helpshort"], env=env)
-    output = process.communicate(timeout=300)[0]
-    assert process.returncode == 0, output
-    return output
+    return process.communicate(timeout=300)[0]  # absl's --helpshort exits 1 after printing.
 
 
 def test_a_command_prints_no_native_library_lines_by_default(monkeypatch):

@@ -16,6 +16,7 @@ def test_offline_imagenet_default_names_the_flags_that_work_without_a_traceback(
             f"--job_dir={tmp_path / 'job'}",
             "--image_size=32",
             "--vocab_size=50",
+            "--batch_size=8",
         ],
         env={"KERAS_HOME": str(tmp_path / "keras")},  # No cached download to fall back on.
     )

@@ -24,7 +24,7 @@ _DONE = "DONE"
 
 
 def cache_key(model, image_size: int, files: list[str]) -> str:
-    digest = hashlib.sha256(f"{data.CACHE_SCHEMA}:{image_size}".encode())
+    digest = hashlib.sha256(f"{records.CACHE_SCHEMA}:{image_size}".encode())
     for weight in model.cnn.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     for path in files:
@@ -53,14 +53,14 @@ def _feature_example(
     features: np.ndarray, filename: bytes, captions: bytes, mirrored: np.ndarray | None = None
 ) -> bytes:
     feature = {
-        data.CNN_FEATURES: _float16_feature(features),
+        records.CNN_FEATURES: _float16_feature(features),
         records.IMAGE_FILENAME: tf.train.Feature(bytes_list=tf.train.BytesList(value=[filename])),
         records.CAPTION_TEXT: tf.train.Feature(
             bytes_list=tf.train.BytesList(value=captions.split(b"\n") if captions else [])
         ),
     }
     if mirrored is not None:
-        feature[data.CNN_FEATURES_MIRRORED] = _float16_feature(mirrored)
+        feature[records.CNN_FEATURES_MIRRORED] = _float16_feature(mirrored)
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 

@@ -9,6 +9,7 @@ per batch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -18,12 +19,8 @@ from preprocess import records, text, transform
 
 AUTOTUNE = tf.data.AUTOTUNE
 CAPTION_SAMPLING = ("first", "random", "all")
-CNN_FEATURES = "image/cnn_features"  # Only in the trainer's own feature cache, never in shards.
-# The same image mirrored left-right: in the train split's cache when training with --mirror.
-CNN_FEATURES_MIRRORED = "image/cnn_features_mirrored"
 # Words that trade places when an image is mirrored left-right.
-MIRROR_WORDS = (("left", "right"),)
-CACHE_SCHEMA = "feature_cache_v1"
+MIRROR_WORDS = (text.LEFT_RIGHT,)
 
 
 class DataError(ValueError):
@@ -104,47 +101,71 @@ class Tokenizer:
         return ids[0] if captions.shape.rank == 0 else ids
 
 
-def _parse(serialized: tf.Tensor, cached: bool, mirror: bool = False) -> dict:
-    """One serialized tf.Example ([]) or a batch of them ([B]) → its features."""
-    if cached:
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """Image shards: each record's bytes become pixels through the one image preprocessing."""
+
+    image_size: int
+
+    def spec(self, mirror: bool) -> dict:
+        del mirror  # Images are mirrored after decoding.
+        return records.feature_spec()
+
+    def select(self, examples: dict, coins: tf.Tensor | None) -> tf.Tensor:
+        del coins  # `inputs` mirrors the decoded pixels.
+        return examples[records.IMAGE_ENCODED]
+
+    def inputs(self, sources: tf.Tensor, mirrored: tf.Tensor | None) -> dict:
+        size = self.image_size
+        # uint8 all the way: a quarter of the bytes of float pixels; the model normalises.
+        images = tf.map_fn(
+            lambda one: transform.preprocess_image(one, size),
+            sources,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
+        )
+        if mirrored is not None:
+            images = tf.where(mirrored[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        return {"image": images}
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedFeatures:
+    """The trainer's feature cache (trainer/cache.py): float16 encoder features per image."""
+
+    locations: int
+
+    def spec(self, mirror: bool) -> dict:
         spec = {
-            CNN_FEATURES: tf.io.FixedLenFeature([], tf.string),
-            **({CNN_FEATURES_MIRRORED: tf.io.FixedLenFeature([], tf.string)} if mirror else {}),
+            records.CNN_FEATURES: tf.io.FixedLenFeature([], tf.string),
             records.IMAGE_FILENAME: tf.io.FixedLenFeature([], tf.string),
             records.CAPTION_TEXT: tf.io.RaggedFeature(tf.string),
         }
-    else:
-        spec = records.feature_spec()
-    if serialized.shape.rank == 0:
-        return tf.io.parse_single_example(serialized, spec)
-    return tf.io.parse_example(serialized, spec)
+        if mirror:
+            spec[records.CNN_FEATURES_MIRRORED] = tf.io.FixedLenFeature([], tf.string)
+        return spec
+
+    def select(self, examples: dict, coins: tf.Tensor | None) -> tf.Tensor:
+        """Where a coin is 1, the features of the image mirrored left-right."""
+        if coins is None:
+            return examples[records.CNN_FEATURES]
+        return tf.where(
+            coins, examples[records.CNN_FEATURES_MIRRORED], examples[records.CNN_FEATURES]
+        )
+
+    def inputs(self, sources: tf.Tensor, mirrored: tf.Tensor | None) -> dict:
+        del mirrored  # Chosen in `select`.
+        features = tf.io.decode_raw(sources, tf.float16)
+        return {"cnn_features": tf.reshape(features, [tf.shape(sources)[0], self.locations, -1])}
 
 
-def make_dataset(
-    files: list[str],
-    tokenizer: Tokenizer,
-    batch_size: int,
-    image_size: int,
-    *,
-    caption_sampling: str = "first",
-    shuffle: bool = False,
-    seed: int = 0,
-    drop_remainder: bool = False,
-    cached_locations: int = 0,
-    input_context: tf.distribute.InputContext | None = None,
-    keep_references: bool = False,
-    mirror: bool = False,
+Source = Images | CachedFeatures
+CACHED_KEYS = (records.CNN_FEATURES, records.CNN_FEATURES_MIRRORED)
+
+
+def _records(
+    files: list[str], shuffle: bool, seed: int, input_context: tf.distribute.InputContext | None
 ) -> tf.data.Dataset:
-    """Batches of {image | cnn_features, input_ids, target_ids} (+ filename, references).
-
-    `cached_locations` > 0 reads the trainer's feature cache instead of image shards.
-    `keep_references` adds the filename and all captions ("\\n"-joined), for evaluation.
-    `mirror`: each (image, caption) pair is mirrored left-right with probability 1/2, its
-    caption's "left" and "right" swapped to stay true (from the cache's mirrored features).
-    """
-    if caption_sampling not in CAPTION_SAMPLING:
-        raise ValueError(f"--caption_sampling={caption_sampling}: choose {CAPTION_SAMPLING}")
-    cached = cached_locations > 0
+    """Serialized records of `files`: sharded across input pipelines when there are enough."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if input_context and input_context.num_input_pipelines > 1:
         if len(files) >= input_context.num_input_pipelines:
@@ -159,58 +180,57 @@ def make_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
-    if shuffle:
-        dataset = dataset.shuffle(4096, seed=seed)
-    source_key = CNN_FEATURES if cached else records.IMAGE_ENCODED
+    return dataset.shuffle(4096, seed=seed) if shuffle else dataset
 
-    def mirrored_source(examples: dict, coins: tf.Tensor) -> dict:
-        """{source, mirrored}: where a coin is 1, the mirrored features (cached) or the flag."""
-        if not mirror:
-            return {"source": examples[source_key]}
-        if cached:
-            source = tf.where(coins, examples[CNN_FEATURES_MIRRORED], examples[source_key])
-        else:  # Image bytes: `to_inputs` mirrors the decoded pixels.
-            source = examples[source_key]
-        return {"source": source, "mirrored": coins}
 
-    def pick(examples: dict, draws: tf.Tensor) -> dict:
-        """A batch of parsed examples → one caption each (the first or the drawn one)."""
-        captions = examples[records.CAPTION_TEXT]  # Ragged [B, None].
-        counts = tf.maximum(tf.cast(captions.row_lengths(), tf.int64), 1)
-        index = tf.zeros_like(counts) if caption_sampling == "first" else draws % counts
-        # The caption index uses the 32-bit draw's low bits (draw % count); the coin its top bit.
-        picked = mirrored_source(examples, tf.equal(tf.bitwise.right_shift(draws, 31) % 2, 1))
-        picked["caption"] = tf.gather(captions.to_tensor(default_value=""), index, batch_dims=1)
-        if keep_references:
-            picked["filename"] = examples[records.IMAGE_FILENAME]
-            picked["references"] = tf.strings.reduce_join(captions, axis=-1, separator="\n")
-        return picked
+def _parse(serialized: tf.Tensor, spec: dict) -> dict:
+    """One serialized tf.Example ([]) or a batch of them ([B]) → its features."""
+    if serialized.shape.rank == 0:
+        return tf.io.parse_single_example(serialized, spec)
+    return tf.io.parse_example(serialized, spec)
+
+
+def _coins(draws: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+    """Mirror-or-not coins from bits of 32-bit random draws."""
+    return tf.equal(tf.bitwise.right_shift(draws, bits) % 2, 1)
+
+
+def make_dataset(
+    files: list[str],
+    tokenizer: Tokenizer,
+    batch_size: int,
+    source: Source,
+    *,
+    caption_sampling: str = "first",
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_remainder: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+    keep_references: bool = False,
+    mirror: bool = False,
+) -> tf.data.Dataset:
+    """Batches of {image | cnn_features, input_ids, target_ids} (+ filename, references).
+
+    `source`: `Images(image_size)` reads image shards, `CachedFeatures(locations)` the feature
+    cache. `caption_sampling`: each image's first caption, one drawn at random, or every caption
+    as its own pair. `keep_references` adds the filename and all captions ("\\n"-joined), for
+    evaluation. `mirror`: each pair is mirrored left-right with probability 1/2, its caption's
+    "left" and "right" swapped to stay true.
+    """
+    if caption_sampling not in CAPTION_SAMPLING:
+        raise ValueError(f"--caption_sampling={caption_sampling}: choose {CAPTION_SAMPLING}")
+    spec = source.spec(mirror)
+    dataset = _records(files, shuffle, seed, input_context)
+    draws = tf.data.Dataset.random(seed=seed)
 
     def to_inputs(batch: dict) -> dict:
         ids = tokenizer.encode(batch["caption"])
-        if "mirrored" in batch:
-            ids = tf.where(batch["mirrored"][:, None], tokenizer.mirror(ids), ids)
-        sources = batch["source"]
-        if cached:
-            features = tf.io.decode_raw(sources, tf.float16)
-            inputs = {
-                "cnn_features": tf.reshape(features, [tf.shape(sources)[0], cached_locations, -1])
-            }
-        else:
-            # uint8 all the way: a quarter of the bytes of float pixels; the model normalises.
-            inputs = {
-                "image": tf.map_fn(
-                    lambda one: transform.preprocess_image(one, image_size),
-                    sources,
-                    fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
-                )
-            }
-            if "mirrored" in batch:
-                images = inputs["image"]
-                flags = batch["mirrored"][:, None, None, None]
-                inputs["image"] = tf.where(flags, tf.reverse(images, axis=[2]), images)
+        mirrored = batch.get("mirrored")
+        if mirrored is not None:
+            ids = tf.where(mirrored[:, None], tokenizer.mirror(ids), ids)
+        inputs = source.inputs(batch["source"], mirrored)
         inputs.update(input_ids=ids[:, :-1], target_ids=ids[:, 1:])
-        for key in ("filename", "references"):  # Not "mirrored": no model input.
+        for key in ("filename", "references"):
             if key in batch:
                 inputs[key] = batch[key]
         return inputs
@@ -220,33 +240,46 @@ def make_dataset(
         def every_caption(example: dict, draw: tf.Tensor) -> tf.data.Dataset:
             captions = example[records.CAPTION_TEXT]
             repeats = tf.size(captions)
-            # One coin per caption from the bits of the image's 32-bit draw.
-            bits = tf.range(tf.cast(repeats, tf.int64)) % 32
-            coins = tf.equal(tf.bitwise.right_shift(draw, bits) % 2, 1)
-            sources = {
+            repeated = {
                 key: tf.repeat(example[key][None], repeats)
-                for key in (source_key, CNN_FEATURES_MIRRORED)
-                if key in example
+                for key in (records.IMAGE_ENCODED, *CACHED_KEYS)
+                if key in spec
             }
-            slices = mirrored_source(sources, coins)
-            slices["caption"] = captions
+            # One coin per caption from the bits of the image's 32-bit draw.
+            coins = _coins(draw, tf.range(tf.cast(repeats, tf.int64)) % 32) if mirror else None
+            slices = {"source": source.select(repeated, coins), "caption": captions}
+            if coins is not None:
+                slices["mirrored"] = coins
             return tf.data.Dataset.from_tensor_slices(slices)
 
-        dataset = dataset.map(lambda serialized: _parse(serialized, cached, mirror), AUTOTUNE)
-        dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.random(seed=seed))
-        dataset = dataset.flat_map(every_caption).batch(batch_size, drop_remainder=drop_remainder)
-        dataset = dataset.map(to_inputs, AUTOTUNE)
+        dataset = dataset.map(lambda serialized: _parse(serialized, spec), AUTOTUNE)
+        dataset = tf.data.Dataset.zip(dataset, draws).flat_map(every_caption)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).map(to_inputs, AUTOTUNE)
     else:
+
+        def pick(serialized: tf.Tensor, draws: tf.Tensor) -> dict:
+            """A batch of records → one caption each (the first or the drawn one)."""
+            examples = _parse(serialized, spec)
+            captions = examples[records.CAPTION_TEXT]  # Ragged [B, None].
+            counts = tf.maximum(tf.cast(captions.row_lengths(), tf.int64), 1)
+            index = tf.zeros_like(counts) if caption_sampling == "first" else draws % counts
+            # The caption index uses the draw's low bits (draw % count); the coin its top bit.
+            coins = _coins(draws, 31) if mirror else None
+            picked = {"source": source.select(examples, coins)}
+            if coins is not None:
+                picked["mirrored"] = coins
+            picked["caption"] = tf.gather(captions.to_tensor(""), index, batch_dims=1)
+            if keep_references:
+                picked["filename"] = examples[records.IMAGE_FILENAME]
+                picked["references"] = tf.strings.reduce_join(captions, axis=-1, separator="\n")
+            return to_inputs(picked)
+
         # Everything but the file reads and the shuffle runs once per batch: parse, pick a
         # caption, decode, tokenise. Per-element draws keep caption choices deterministic.
-        draws = tf.data.Dataset.random(seed=seed)
         dataset = tf.data.Dataset.zip(dataset, draws).batch(
             batch_size, drop_remainder=drop_remainder
         )
-        dataset = dataset.map(
-            lambda serialized, draw: to_inputs(pick(_parse(serialized, cached, mirror), draw)),
-            AUTOTUNE,
-        )
+        dataset = dataset.map(pick, AUTOTUNE)
     options = tf.data.Options()
     # Files are sharded above when there are enough; otherwise each worker reads all files and
     # the distributed iterator splits batches.

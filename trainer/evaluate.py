@@ -24,7 +24,7 @@ from trainer import cli, data, decoding, grounding, train
 # Word pairs whose choice only the image can settle: teacher-forced, does the decoder prefer the
 # reference's word over its opposite? Decoding can avoid a word it is unsure of (and a caption
 # stay true by saying less); this cannot.
-CONTRAST_PAIRS = (("left", "right"), ("above", "below"))
+CONTRAST_PAIRS = text.SPATIAL_OPPOSITES
 
 BLEU_WEIGHTS = {
     "bleu1": (1.0,),
@@ -127,7 +127,7 @@ def split_dataset(tokenizer, config, data_dir: str, split: str, batch_size: int)
         data.shard_files(data_dir, split),
         tokenizer,
         batch_size,
-        config.image_size,
+        data.Images(config.image_size),
         keep_references=True,
     )
 
@@ -308,6 +308,7 @@ def main(argv):
 if __name__ == "__main__":
     cli.define_job_dir()
     cli.define_decoding()
+    flags.adopt_module_key_flags(cli)
     flags.DEFINE_string("data_dir", "", "Preprocessed data; default: the one trained on.")
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to caption and score.")
     flags.DEFINE_integer("batch_size", 32, "Images per decoding batch.", lower_bound=1)

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 
 from preprocess import records
 from trainer import cli, data, distribute, model, train
+from trainer.config import LR_SCHEDULES
 
 FLAGS = flags.FLAGS
 defaults = train.TrainConfig(data_dir="", job_dir="")
@@ -45,7 +46,7 @@ flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.
 flags.DEFINE_enum(
     "lr_schedule",
     defaults.lr_schedule,
-    list(train.LR_SCHEDULES),
+    list(LR_SCHEDULES),
     "constant, or cosine: decay to 1% of --learning_rate over all epochs' steps.",
 )
 flags.DEFINE_float("clipnorm", defaults.clipnorm, "Clip the global gradient norm; 0: off.")
@@ -126,6 +127,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after training.")
 cli.define_decoding()
+flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
 flags.DEFINE_string("export_dir", "", "If set, export a SavedModel here after training.")
 
 

@@ -22,62 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from preprocess import text
-from trainer import data, decoding, distribute, job
-from trainer.model import (
-    Captioner,
-    calibrate_batchnorm,
-    masked_loss_sum,
-    num_locations,
-    preprocess_image,
-)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every knob of a training run; `trainer.task` fills it from flags."""
-
-    data_dir: str
-    job_dir: str
-    strategy: str = "auto"
-    cpu_devices: int = 0
-    precision: str = "auto"
-    epochs: int = 25
-    batch_size: int = 64  # Global: split across replicas.
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # Or "cosine": decays to 1% of learning_rate by the last step.
-    clipnorm: float = 5.0
-    vocab_size: int = 5000
-    max_length: int = 25
-    embedding_dim: int = 256
-    units: int = 512
-    relation_layers: int = 0
-    image_size: int = 224
-    encoder_weights: str = "imagenet"
-    train_encoder: bool = False
-    cache_features: bool = True
-    caption_sampling: str = "first"
-    mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").
-    attention_reg: float = 0.0
-    # None: on when the train step reads cached features, off when it runs the encoder (see
-    # step_jit_compile).
-    jit_compile: bool | None = None
-    seed: int = 0
-    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only.
-    max_steps: int = 0  # 0: no limit; stop (with a checkpoint) after this many steps in all.
-    sample_captions: int = 3
-    deterministic: bool = False
-
-
-def step_jit_compile(config: TrainConfig) -> bool:
-    """Whether the train step is XLA-compiled: --jit_compile if given, else where it is faster.
-
-    On cached features the step is the decoder alone, and XLA fuses its small steps; with the
-    encoder in the step XLA on CPU is slower and compiles for longer, so there it stays off
-    unless asked for (BENCHMARKS.md, "train_step").
-    """
-    if config.jit_compile is not None:
-        return config.jit_compile
-    return config.cache_features and not config.train_encoder
+from trainer import data, decoding, distribute, job, steps
+from trainer.config import TrainConfig, step_jit_compile
+from trainer.model import Captioner, calibrate_batchnorm, num_locations, preprocess_image
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,120 +67,13 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
     return model
 
 
-class _PreReduced:
-    """Mixin: gradients arrive already summed over replicas (see `make_step_functions`).
-
-    Keras 3 sums replica gradients inside `apply`, after clipping each replica's partial
-    gradient; summing first in the step makes `global_clipnorm` clip the true global gradient.
-    """
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        return grads_and_vars
-
-
-class Adam(_PreReduced, keras.optimizers.Adam):
-    pass
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"--lr_schedule={config.lr_schedule}: choose one of {LR_SCHEDULES}")
-    optimizer = Adam(config.learning_rate, global_clipnorm=config.clipnorm or None)
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def learning_rate_schedule(config: TrainConfig, total_steps: int):
-    """step → learning rate; `cosine` decays to 1% of --learning_rate over `total_steps`.
-
-    The loop assigns the rate to the optimizer's own variable before each step, rather than
-    giving Keras a schedule object: the optimizer's variables (and so its checkpoints) stay the
-    same whichever schedule a run uses, so a run can be resumed with another schedule.
-    """
-    if config.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=max(total_steps, 1), alpha=0.01
-        )
-    return lambda step: config.learning_rate
-
-
 def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], batches: int = 8):
     """Data-dependent BatchNorm statistics for a randomly initialised encoder (see model.py)."""
     dataset = data.make_dataset(
-        files, tokenizer, 64, config.image_size, shuffle=True, seed=config.seed
+        files, tokenizer, 64, data.Images(config.image_size), shuffle=True, seed=config.seed
     )
     images = (preprocess_image(batch["image"]) for batch in dataset.take(batches))
     return calibrate_batchnorm(model.cnn, images)
-
-
-def make_step_functions(
-    model: Captioner,
-    optimizer: keras.optimizers.Optimizer,
-    strategy: tf.distribute.Strategy,
-    global_batch_size: int,
-    attention_reg: float = 0.0,
-    jit_compile: bool = False,
-):
-    """(train_step, eval_step, gradients_step), each taking one distributed batch.
-
-    Each replica differentiates its summed loss; the step sums gradients and token counts over
-    replicas and divides by the GLOBAL count of non-<pad> tokens, so the update equals the
-    single-device update on the same global batch, however the batch is split.
-    """
-
-    def forward(batch: dict, training: bool):
-        logits, attention = model(batch, training=training)
-        return masked_loss_sum(batch["target_ids"], logits, attention, attention_reg)
-
-    @tf.function(jit_compile=jit_compile)
-    def local_gradients(batch: dict):
-        with tf.GradientTape() as tape:
-            loss_sum, tokens, correct = forward(batch, training=True)
-            # A fixed divisor keeps float16 gradients in range; the true one is applied below.
-            scaled = optimizer.scale_loss(loss_sum / global_batch_size)
-        gradients = tape.gradient(scaled, model.trainable_variables)
-        return loss_sum, tokens, correct, [tf.convert_to_tensor(g) for g in gradients]
-
-    def replica_gradients(batch: dict):
-        loss_sum, tokens, correct, gradients = local_gradients(batch)
-        context = tf.distribute.get_replica_context()
-        loss_sum, tokens, correct = context.all_reduce("SUM", [loss_sum, tokens, correct])
-        factor = global_batch_size / tokens
-        gradients = [g * tf.cast(factor, g.dtype) for g in context.all_reduce("SUM", gradients)]
-        return loss_sum / tokens, correct / tokens, gradients
-
-    def replica_train_step(batch: dict):
-        loss, accuracy, gradients = replica_gradients(batch)
-        optimizer.apply(gradients, model.trainable_variables)
-        return loss, accuracy
-
-    def first_replica(value):
-        return strategy.experimental_local_results(value)[0]  # Equal on every replica.
-
-    @tf.function
-    def train_step(batch):
-        loss, accuracy = strategy.run(replica_train_step, args=(batch,))
-        return first_replica(loss), first_replica(accuracy)
-
-    @tf.function
-    def gradients_step(batch):
-        """Loss and (loss-scaled) gradients of one batch, without updating: for tests."""
-        loss, _, gradients = strategy.run(replica_gradients, args=(batch,))
-        return first_replica(loss), [first_replica(g) for g in gradients]
-
-    def replica_eval_step(batch: dict):
-        return forward(batch, training=False)
-
-    @tf.function
-    def eval_step(batch):
-        sums = strategy.run(replica_eval_step, args=(batch,))
-        return [strategy.reduce("SUM", value, axis=None) for value in sums]
-
-    return train_step, eval_step, gradients_step
 
 
 def _summary_writer(job_dir: str, name: str, chief: bool):
@@ -279,7 +119,7 @@ def train(config: TrainConfig) -> dict:
     # Model, optimizer, checkpoint ------------------------------------------------------------
     with strategy.scope():
         model = build_model(config, len(tokens))
-        optimizer = make_optimizer(config)
+        optimizer = steps.make_optimizer(config)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
@@ -320,6 +160,7 @@ def train(config: TrainConfig) -> dict:
         if val_files:
             val_files = cache.cached_split(model, config, "val", val_files, cache_root)
         locations = num_locations(config.image_size)
+    source = data.CachedFeatures(locations) if locations else data.Images(config.image_size)
 
     def epoch_dataset(epoch: int, files: list[str], shuffle: bool, drop: bool):
         def dataset_fn(input_context=None):
@@ -332,12 +173,11 @@ def train(config: TrainConfig) -> dict:
                 files,
                 tokenizer,
                 batch,
-                config.image_size,
+                source,
                 caption_sampling=config.caption_sampling if shuffle else "first",
                 shuffle=shuffle,
                 seed=config.seed * 1000 + epoch,
                 drop_remainder=drop,
-                cached_locations=locations,
                 mirror=config.mirror and shuffle,
             )
 
@@ -347,7 +187,7 @@ def train(config: TrainConfig) -> dict:
 
     jit_compile = step_jit_compile(config)
     print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
-    train_step, eval_step, _ = make_step_functions(
+    train_step, eval_step, _ = steps.make_step_functions(
         model, optimizer, strategy, config.batch_size, config.attention_reg, jit_compile
     )
     train_writer = _summary_writer(config.job_dir, "train", chief)
@@ -355,7 +195,7 @@ def train(config: TrainConfig) -> dict:
 
     # The loop ----------------------------------------------------------------------------------
     # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
-    schedule = learning_rate_schedule(config, steps_per_epoch * config.epochs)
+    schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
     history: list[dict] = []
     val_metrics: dict = {}
     while int(step.numpy()) < total_steps:
@@ -460,13 +300,9 @@ def sample_captions(
     locations: int,
 ) -> list[str]:
     """Greedy captions of the first few validation images, with their first reference."""
+    source = data.CachedFeatures(locations) if locations else data.Images(config.image_size)
     dataset = data.make_dataset(
-        files,
-        tokenizer,
-        config.sample_captions,
-        config.image_size,
-        cached_locations=locations,
-        keep_references=True,
+        files, tokenizer, config.sample_captions, source, keep_references=True
     )
     batch = next(iter(dataset))
     if locations:

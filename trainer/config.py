@@ -1,0 +1,56 @@
+"""Every knob of a training run (`TrainConfig`, filled from flags by `trainer.task`) and the
+defaults that follow from them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of a training run; `trainer.task` fills it from flags."""
+
+    data_dir: str
+    job_dir: str
+    strategy: str = "auto"
+    cpu_devices: int = 0
+    precision: str = "auto"
+    epochs: int = 25
+    batch_size: int = 64  # Global: split across replicas.
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # Or "cosine": decays to 1% of learning_rate by the last step.
+    clipnorm: float = 5.0
+    vocab_size: int = 5000
+    max_length: int = 25
+    embedding_dim: int = 256
+    units: int = 512
+    relation_layers: int = 0
+    image_size: int = 224
+    encoder_weights: str = "imagenet"
+    train_encoder: bool = False
+    cache_features: bool = True
+    caption_sampling: str = "first"
+    mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").
+    attention_reg: float = 0.0
+    # None: on when the train step reads cached features, off when it runs the encoder (see
+    # step_jit_compile).
+    jit_compile: bool | None = None
+    seed: int = 0
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only.
+    max_steps: int = 0  # 0: no limit; stop (with a checkpoint) after this many steps in all.
+    sample_captions: int = 3
+    deterministic: bool = False
+
+
+def step_jit_compile(config: TrainConfig) -> bool:
+    """Whether the train step is XLA-compiled: --jit_compile if given, else where it is faster.
+
+    On cached features the step is the decoder alone, and XLA fuses its small steps; with the
+    encoder in the step XLA on CPU is slower and compiles for longer, so there it stays off
+    unless asked for (BENCHMARKS.md, "train_step").
+    """
+    if config.jit_compile is not None:
+        return config.jit_compile
+    return config.cache_features and not config.train_encoder
