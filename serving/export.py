@@ -297,14 +297,16 @@ def export(
     beam_size: int = decoding.BEAM_SIZE,
     encoder_file: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
+    restored: tuple | None = None,
 ) -> str:
     """Export the latest checkpoint of `job_dir`; returns EXPORT_DIR/MODEL_NAME/VERSION.
 
     `encoder_file` also writes the encoder's weights there (see `export_encoder`), from the
-    same restored model.
+    same restored model. `restored`: (model, tokens, config) already in memory, else the job
+    dir's latest checkpoint.
     """
     _check_encoder_file(encoder_file)
-    model, tokens, config = train.restore(job_dir)
+    model, tokens, config = restored or train.restore(job_dir)
     model_dir = os.path.join(export_dir, model_name)
     version = version or next_version(model_dir)
     version_dir = os.path.join(model_dir, str(version))

@@ -176,3 +176,16 @@ def trained_job(tiny_data, tmp_path_factory) -> str:
     job_dir = str(tmp_path_factory.mktemp("trained_job"))
     train.train(tiny_config(tiny_data, job_dir, epochs=8, max_length=8, deterministic=False))
     return job_dir
+
+
+def fresh_process_json(script: str, *args: str):
+    """The last stdout line, as JSON, of `python -c script args` run from / (so nothing of this
+    checkout is importable): how a SavedModel is checked to stand alone."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, cwd="/"
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-"""The three real commands, as a user runs them, on a tiny sample: preprocess → train → predict."""
+"""The real commands, as a user runs them, on a tiny sample: preprocess → train+export → predict."""
 
 import glob
 import json
@@ -30,10 +30,10 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
         counts["captions_written"] + counts["captions_dropped"] + counts["rows_rejected"]
     )
 
-    # 2. Mirrored training on two logical CPUs, then evaluation and export.
+    # 2. Mirrored training on two logical CPUs, then evaluation and export of the live model.
     log = run(
         [
-            "trainer.task",
+            "serving.workflow",
             "--strategy=mirrored",
             "--cpu_devices=2",
             *TINY_FLAGS,

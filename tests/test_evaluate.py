@@ -63,7 +63,7 @@ def test_evaluate_writes_metrics_and_every_caption(trained_job, tmp_path):
     lines = (tmp_path / "captions.jsonl").read_text().splitlines()
     assert len(lines) == 6 == len(result["rows"])
     row = json.loads(lines[0])
-    assert set(row) == {"image", "caption", "log_prob", "references"}
+    assert set(row) == {"image", "caption", "log_prob", "references", "tokens"}
     assert len(row["references"]) == 2  # Test examples keep all their captions.
     assert os.path.basename(row["image"]).startswith("test_")
 

@@ -1,6 +1,5 @@
 """The SavedModel: loads in a fresh process, equal captions, signatures, bad bytes, TF Serving."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import fresh_process_json
 
 from preprocess import records, text
 from serving import export
@@ -21,6 +21,16 @@ images = [open(path, "rb").read() for path in sys.argv[2:]]
 out = serve(image_bytes=tf.constant(images))
 print(json.dumps([c.decode() for c in out["caption"].numpy()]))
 """
+
+
+def saved_model_cli_run(version_dir, signature, image: bytes, tmp_path, *extra) -> str:
+    """`saved_model_cli run` of `signature` on one image; its stdout."""
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    inputs = tmp_path / f"{signature}.npy"
+    np.save(inputs, np.array([image], dtype=f"S{len(image)}"))
+    command = [cli, "run", "--dir", version_dir, "--tag_set", "serve"]
+    command += ["--signature_def", signature, "--inputs", f"image_bytes={inputs}", *extra]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +80,7 @@ def test_vocab_asset_is_the_id_table_that_maps_the_served_tokens_back(
 
 
 def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_job, split_images):
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, exported, *split_images],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd="/",
-    )
-    served = json.loads(result.stdout.strip().splitlines()[-1])
+    served = fresh_process_json(FRESH_PROCESS, exported, *split_images)
     evaluated = {
         row["image"]: row["caption"]
         for row in evaluate.evaluate(trained_job, split="test", beam_size=1)["rows"]
@@ -155,25 +158,7 @@ def test_saved_model_cli_shows_and_runs_it(exported, split_images, tmp_path):
     ).stdout
     assert "serving_default" in shown and "image_bytes" in shown and "caption_examples" in shown
     image = open(split_images[0], "rb").read()
-    inputs = tmp_path / "inputs.npy"
-    np.save(inputs, np.array([image], dtype=f"S{len(image)}"))
-    ran = subprocess.run(
-        [
-            cli,
-            "run",
-            "--dir",
-            exported,
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serving_default",
-            "--inputs",
-            f"image_bytes={inputs}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    ran = saved_model_cli_run(exported, "serving_default", image, tmp_path)
     assert "caption" in ran and "log_prob" in ran
 
 
@@ -302,27 +287,7 @@ def test_batching_parameters_are_tf_servings_text_format(exported_beam3):
 
 
 def test_saved_model_cli_runs_caption_nbest(exported_beam3, split_images, tmp_path):
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     image = open(split_images[0], "rb").read()
-    inputs = tmp_path / "inputs.npy"
-    np.save(inputs, np.array([image], dtype=f"S{len(image)}"))
-    ran = subprocess.run(
-        [
-            cli,
-            "run",
-            "--dir",
-            exported_beam3,
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "caption_nbest",
-            "--inputs",
-            f"image_bytes={inputs}",
-            "--input_exprs",
-            "num_captions=np.int32(2)",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    extra = ("--input_exprs", "num_captions=2")
+    ran = saved_model_cli_run(exported_beam3, "caption_nbest", image, tmp_path, *extra)
     assert "captions" in ran and "token_log_probs" in ran

@@ -16,7 +16,7 @@ def test_token_table_round_trips_in_id_order(tmp_path):
 
 def test_a_missing_token_table_names_the_job_dir_and_the_fix(tmp_path):
     with pytest.raises(
-        FileNotFoundError, match=f"--job_dir={tmp_path}: no vocab.txt.*trainer.task"
+        FileNotFoundError, match=f"--job_dir={tmp_path}: no vocab.txt .*trainer.task"
     ):
         job.read_tokens(str(tmp_path))
 

@@ -12,12 +12,10 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import fresh_process_json, tiny_config
 from PIL import Image, ImageDraw
 
 from preprocess import run
@@ -139,14 +137,7 @@ def test_saved_model_of_the_original_photos_equals_the_evaluation(job_without_da
         ]
     }
     paths = [os.path.join(photos, name) for name in names]
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, exported, *paths],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd="/",
-    )
-    served = json.loads(result.stdout.strip().splitlines()[-1])
+    served = fresh_process_json(FRESH_PROCESS, exported, *paths)
     assert served["captions"] == [evaluated[name]["caption"] for name in names]
     # Log-probabilities move with any pixel of difference: the inputs are the same.
     np.testing.assert_allclose(

@@ -249,9 +249,14 @@ def evaluate(
     batch_size: int = 32,
     output_dir: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
+    restored: tuple | None = None,
 ) -> dict:
-    """Caption `split`, score it, write metrics.json and captions.jsonl; return both."""
-    model, tokens, config = train.restore(job_dir)
+    """Caption `split`, score it, write metrics.json and captions.jsonl; return both.
+
+    `restored`: (model, tokens, config) already in memory (e.g. just trained), else the job
+    dir's latest checkpoint.
+    """
+    model, tokens, config = restored or train.restore(job_dir)
     data_dir = data_dir or config.data_dir
     rows = caption_split(
         model, tokens, config, data_dir, split, beam_size, batch_size, length_alpha=length_alpha

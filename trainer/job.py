@@ -43,15 +43,20 @@ def write_tokens(job_dir: str, tokens: list[str]) -> str:
     return path
 
 
-def read_tokens(job_dir: str) -> list[str]:
-    path = tokens_path(job_dir)
+def _read(job_dir: str, path: str, what: str) -> str:
+    """The text of a job dir's file, or FileNotFoundError naming the command that writes it."""
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
-            f"--job_dir={job_dir}: no {TOKENS_FILENAME} (the model's token table); train with "
-            f"this version of python -m trainer.task --job_dir={job_dir}"
+            f"--job_dir={job_dir}: no {os.path.basename(path)}{what}; train first with "
+            f"python -m trainer.task --job_dir={job_dir}"
         )
-    with tf.io.gfile.GFile(path) as tokens_file:
-        tokens = tokens_file.read().splitlines()
+    with tf.io.gfile.GFile(path) as job_file:
+        return job_file.read()
+
+
+def read_tokens(job_dir: str) -> list[str]:
+    path = tokens_path(job_dir)
+    tokens = _read(job_dir, path, " (the model's token table)").splitlines()
     if tuple(tokens[: len(text.RESERVED_TOKENS)]) != text.RESERVED_TOKENS:
         raise ValueError(f"{path}: does not start with {text.RESERVED_TOKENS}; not a token table")
     return tokens
@@ -65,14 +70,7 @@ def write_config(job_dir: str, record: dict) -> None:
 
 def read_config(job_dir: str) -> dict:
     """config.json of `job_dir`, or FileNotFoundError naming the fix."""
-    path = config_path(job_dir)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(
-            f"--job_dir={job_dir}: no {CONFIG_FILENAME}; train first with python -m trainer.task "
-            f"--job_dir={job_dir}"
-        )
-    with tf.io.gfile.GFile(path) as config_file:
-        return json.load(config_file)
+    return json.loads(_read(job_dir, config_path(job_dir), ""))
 
 
 def check_resume(job_dir: str, identity: dict) -> None:

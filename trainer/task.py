@@ -1,9 +1,12 @@
-r"""Train, evaluate and (optionally) export the captioner: `python -m trainer.task`.
+r"""Train the captioner and evaluate it on the test split: `python -m trainer.task`.
 
     python -m preprocess.run --runner=DirectRunner          # the sample data set, offline
     python -m trainer.task --strategy=mirrored --cpu_devices=2 \
         --encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64 \
-        --caption_sampling=all --epochs=8 --job_dir=jobs/captioner --export_dir=exports
+        --caption_sampling=all --epochs=8 --job_dir=jobs/captioner
+
+Then `python -m serving.export --job_dir=jobs/captioner`, or run both at once with
+`python -m serving.workflow` (the same flags plus --export_dir).
 
 The default --encoder_weights=imagenet downloads ImageNet weights; offline, pass the shipped
 sample encoder as above, or --encoder_weights=none --train_encoder to learn one from scratch.
@@ -128,42 +131,40 @@ flags.DEFINE_integer(
 flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after training.")
 cli.define_decoding()
 flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
-flags.DEFINE_string("export_dir", "", "If set, export a SavedModel here after training.")
 
 
 def main(argv):
     del argv  # Everything comes from flags.
     try:
-        train_evaluate_export()
+        train_and_evaluate()
     except (data.DataError, model.EncoderWeightsError, FileNotFoundError) as error:
         # Problems the user can fix: the message names the flag and the fix; no traceback.
         sys.exit(f"trainer.task: error: {error}")
 
 
-def train_evaluate_export() -> None:
+def train_and_evaluate() -> tuple | None:
+    """Train from flags, then (on the chief) evaluate the live model on the test split.
+
+    Returns (model, tokens, config) on the chief, for a caller that goes on (serving.workflow
+    exports it); None on other workers.
+    """
     names = {field.name for field in dataclasses.fields(train.TrainConfig)}
     config = train.TrainConfig(**{name: FLAGS[name].value for name in names})
-    metrics = train.train(config)
+    trained_model, tokens, metrics = train.train_model(config)
     logging.info("training done at step %d", metrics["step"])
     if not metrics["chief"]:
-        return  # The chief alone evaluates and exports.
+        return None  # The chief alone evaluates and exports.
     if FLAGS.evaluate:
         from trainer import evaluate
 
         scores = evaluate.evaluate(
-            config.job_dir, beam_size=FLAGS.beam_size, length_alpha=FLAGS.length_alpha
-        )
-        print(json.dumps({"test": scores["metrics"]}), flush=True)
-    if FLAGS.export_dir:
-        from serving import export
-
-        path = export.export(
             config.job_dir,
-            FLAGS.export_dir,
             beam_size=FLAGS.beam_size,
             length_alpha=FLAGS.length_alpha,
+            restored=(trained_model, tokens, config),
         )
-        print(f"exported {path}", flush=True)
+        print(json.dumps({"test": scores["metrics"]}), flush=True)
+    return trained_model, tokens, config
 
 
 if __name__ == "__main__":

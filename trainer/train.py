@@ -84,6 +84,11 @@ def _summary_writer(job_dir: str, name: str, chief: bool):
 
 def train(config: TrainConfig) -> dict:
     """Train, checkpointing as it goes; resumes from `job_dir`. Returns the final metrics."""
+    return train_model(config)[2]
+
+
+def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
+    """`train`, returning the trained model and its token table with the metrics."""
     # Devices, strategy and precision ------------------------------------------------------
     strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
     precision = distribute.select_precision(config.precision)
@@ -265,7 +270,7 @@ def train(config: TrainConfig) -> dict:
     if chief:
         with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
             json.dump(metrics, out, indent=2)
-    return metrics
+    return model, tokens, metrics
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> None:

@@ -1,0 +1,45 @@
+r"""Train → evaluate → export in one process, passing the live model: `python -m serving.workflow`.
+
+    python -m serving.workflow --strategy=mirrored --cpu_devices=2 \
+        --encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64 \
+        --caption_sampling=all --epochs=8 --job_dir=jobs/captioner --export_dir=exports
+
+Every flag of `python -m trainer.task`, plus --export_dir. It sits in serving/ because it runs
+all stages: data flows one way, preprocess ← trainer ← serving.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from serving import export
+from trainer import data, model, task
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(task)
+flags.DEFINE_string("export_dir", "exports", "Root of the exported models (see serving.export).")
+
+
+def main(argv):
+    del argv  # Everything comes from flags.
+    try:
+        trained = task.train_and_evaluate()
+    except (data.DataError, model.EncoderWeightsError, FileNotFoundError) as error:
+        sys.exit(f"serving.workflow: error: {error}")
+    if trained is None:
+        return  # Another worker than the chief: it has nothing to export.
+    config = trained[2]
+    path = export.export(
+        config.job_dir,
+        FLAGS.export_dir,
+        beam_size=FLAGS.beam_size,
+        length_alpha=FLAGS.length_alpha,
+        restored=trained,
+    )
+    print(f"exported {path}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
