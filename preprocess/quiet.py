@@ -40,14 +40,27 @@ def tensorflow() -> None:
     """Import TensorFlow quietly, unless TF_CPP_MIN_LOG_LEVEL is set or it is imported already."""
     if verbose() or LOG_LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules:
         return
-    os.environ[LOG_LEVEL_VARIABLE] = "2"  # Warnings and info from C++ after start-up, too.
+    # C++ lines after start-up too (oneDNN fallbacks and the like): real failures still raise.
+    os.environ[LOG_LEVEL_VARIABLE] = "3"
     with _native_stderr_to_devnull():
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+    tf.get_logger().setLevel(logging.ERROR)  # "Using MirroredStrategy with devices ..." etc.
+
+
+class _DropBeamImportNotice(logging.Filter):
+    """Beam logs on the root logger, at import, that Google Cloud clients are not installed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
 
 
 def beam() -> None:
-    """Beam's INFO and its warnings about type hints it cannot check: our progress stays."""
-    if not verbose():
-        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    """Beam's INFO, its warnings about type hints it cannot check and its import notice."""
+    if verbose():
+        return
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropBeamImportNotice) for f in root.filters):
+        root.addFilter(_DropBeamImportNotice())

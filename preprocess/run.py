@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from preprocess import pipeline, quiet, records, sample_data, sources, text
+from preprocess import pipeline, records, sample_data, sources, text
 
 FORMATS = ("auto",) + sources.FORMATS
 
@@ -234,7 +234,6 @@ def run(argv: list[str] | None = None) -> dict:
 
 def main() -> None:
     logging.getLogger().setLevel(logging.INFO)
-    quiet.beam()
     try:
         config, pipeline_args = make_config()
     except (FileExistsError, FileNotFoundError, ValueError) as error:

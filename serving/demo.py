@@ -24,8 +24,9 @@ import time
 
 from absl import app, flags
 
-from preprocess import quiet, sample_data
 from preprocess import run as preprocess_run
+from preprocess import sample_data
+from preprocess import scenes as sample_scenes
 from serving import export, predict
 from trainer import cli, decoding, evaluate, model, train
 
@@ -98,7 +99,7 @@ def demo(
     version_dir = export.export(job_dir, export_dir, beam_size=beam_size, length_alpha=length_alpha)
 
     print(f"[5/5] captioning the held-out original photos with {version_dir}", flush=True)
-    scenes = sample_data.load_scenes(raw_dir)
+    scenes = sample_scenes.load_scenes(raw_dir)
     served = served_figures(version_dir, images_dir, result["rows"], scenes)
     held_out = [os.path.join(images_dir, row["image"]) for row in result["rows"][:show]]
     plots = os.path.join(out_dir, "attention")
@@ -107,7 +108,7 @@ def demo(
     )
     for line in lines:
         objects = scenes[os.path.basename(line["image"])]["objects"]
-        error = sample_data.caption_error(line["caption"], objects)
+        error = sample_scenes.caption_error(line["caption"], objects)
         verdict = f"FALSE: {error}" if error else "true"
         print(f"  {os.path.basename(line['image'])}: {line['caption']!r} ({verdict})")
     print(f"  attention plots: {plots}/")
@@ -152,7 +153,7 @@ def served_figures(version_dir: str, images_dir: str, rows: list[dict], scenes: 
     served = [captions[row["image"]] for row in rows]
     equal = sum(caption == row["caption"] for caption, row in zip(served, rows))
     true = sum(
-        sample_data.caption_is_true(caption, scenes[row["image"]]["objects"])
+        sample_scenes.caption_is_true(caption, scenes[row["image"]]["objects"])
         for caption, row in zip(served, rows)
     )
     return {
@@ -164,7 +165,7 @@ def served_figures(version_dir: str, images_dir: str, rows: list[dict], scenes: 
 
 def main(argv):
     del argv  # Everything comes from flags.
-    quiet.beam()
+    cli.quiet_absl_logging()
     demo(
         FLAGS.out_dir,
         FLAGS.images,

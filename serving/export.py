@@ -346,6 +346,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # Everything comes from flags.
+    cli.quiet_absl_logging()
     path = export(
         FLAGS.job_dir,
         FLAGS.export_dir,

@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from trainer import cli
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -65,8 +67,6 @@ def caption_files(model_dir: str, paths: list[str], batch_size: int = 16, num_ca
     `num_captions` > 0 asks the `caption_nbest` signature for that many captions per image
     (outputs with a leading [K] axis: captions, log_probs, token_log_probs, tokens, attention).
     """
-    import keras
-
     signatures = tf.saved_model.load(resolve_model_dir(model_dir)).signatures
     if num_captions > 0:
         nbest = signatures["caption_nbest"]
@@ -75,7 +75,7 @@ def caption_files(model_dir: str, paths: list[str], batch_size: int = 16, num_ca
             return nbest(image_bytes=image_bytes, num_captions=tf.constant(num_captions))
     else:
         serve = signatures["serving_default"]
-    progress = keras.utils.Progbar(len(paths), unit_name="image")
+    progress = cli.progress_bar(len(paths), "image")
     for start in range(0, len(paths), batch_size):
         batch_paths = paths[start : start + batch_size]
         contents = [open(path, "rb").read() for path in batch_paths]
@@ -199,6 +199,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    cli.quiet_absl_logging()
     images = argv[1:]
     if not images:
         raise app.UsageError("name at least one image, folder or glob after the flags")

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 
 from serving import export
-from trainer import data, model, task
+from trainer import cli, data, model, task
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(task)
@@ -24,6 +24,7 @@ flags.DEFINE_string("export_dir", "exports", "Root of the exported models (see s
 
 def main(argv):
     del argv  # Everything comes from flags.
+    cli.quiet_absl_logging()
     try:
         trained = task.train_and_evaluate()
     except (data.DataError, model.EncoderWeightsError, FileNotFoundError) as error:

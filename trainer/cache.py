@@ -12,12 +12,11 @@ import hashlib
 import os
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from preprocess import records, transform
-from trainer import data
+from trainer import cli, data
 
 ENCODE_BATCH = 32
 _DONE = "DONE"
@@ -81,7 +80,7 @@ def cached_split(
     tf.io.gfile.makedirs(cache_dir)
     print(f"caching {split} encoder features in {cache_dir}", flush=True)
     encode = tf.function(lambda images: model.encode(images, training=False))
-    progress = keras.utils.Progbar(None, unit_name="image")
+    progress = cli.progress_bar(None, "image")
     seen = 0
     for source, output in zip(files, outputs):
         # Write beside, then rename: a killed run never leaves a half file that looks whole.
@@ -105,5 +104,5 @@ def cached_split(
         tf.io.gfile.rename(partial, output, overwrite=True)
     with tf.io.gfile.GFile(os.path.join(cache_dir, _DONE), "w") as done:
         done.write(f"{seen}\n")
-    print(flush=True)
+    progress.update(seen, finalize=True)
     return outputs

@@ -1,4 +1,4 @@
-"""Flags that several commands share, each defined once with one default and one help text.
+"""What several commands share: flags (each defined once, one default and help) and the console.
 
 An entry module calls the definers it needs at import (`cli.define_job_dir()`, ...); a definer
 called again, by another entry module imported in the same process, returns the same flag, so
@@ -68,3 +68,19 @@ def define_distribution():
         lower_bound=0,
     )
     return strategy, cpu_devices
+
+
+def progress_bar(target: int | None, unit: str = "step", **kwargs):
+    """keras.utils.Progbar: a live bar on a terminal, one line at the end in a log file."""
+    import sys
+
+    import keras
+
+    verbose = 1 if sys.stdout.isatty() else 2
+    return keras.utils.Progbar(target, verbose=verbose, unit_name=unit, **kwargs)
+
+
+def quiet_absl_logging() -> None:
+    """Library INFO lines off by default in a command; --verbosity=0 brings them back."""
+    if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+        flags.FLAGS.set_default("verbosity", -1)

@@ -13,12 +13,12 @@ import logging
 import os
 import shutil
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from preprocess import sample_data, text
+from preprocess import scenes as sample_scenes
+from preprocess import text
 from trainer import cli, data, decoding, grounding, train
 
 # Word pairs whose choice only the image can settle: teacher-forced, does the decoder prefer the
@@ -95,11 +95,11 @@ def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str)
     """`true_captions` (share of captions true of their scene) and the false ones by reason.
 
     `false_captions` counts each false caption once, under the first of
-    `sample_data.FALSE_REASONS` it fails. `relation_captions`: the share that state a relation
+    `sample_scenes.FALSE_REASONS` it fails. `relation_captions`: the share that state a relation
     (a caption can be true by saying less; this says how much it says). An image missing from
     scenes.json is an error: the share would otherwise be of fewer images than the metrics say.
     """
-    scenes = sample_data.load_scenes(scenes_path)
+    scenes = sample_scenes.load_scenes(scenes_path)
     missing = sorted(set(filenames) - set(scenes))
     if missing:
         raise data.DataError(
@@ -107,17 +107,17 @@ def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str)
             "pass the scenes.json of the data set these shards were made from"
         )
     errors = [
-        sample_data.caption_error(hyp, scenes[name]["objects"])
+        sample_scenes.caption_error(hyp, scenes[name]["objects"])
         for name, hyp in zip(filenames, hypotheses)
     ]
     relations = [
-        any(relation for _, relation, _ in sample_data.parse_caption(hyp) or ())
+        any(relation for _, relation, _ in sample_scenes.parse_caption(hyp) or ())
         for hyp in hypotheses
     ]
     return {
         "true_captions": errors.count(None) / max(len(errors), 1),
         "relation_captions": sum(relations) / max(len(relations), 1),
-        "false_captions": {reason: errors.count(reason) for reason in sample_data.FALSE_REASONS},
+        "false_captions": {reason: errors.count(reason) for reason in sample_scenes.FALSE_REASONS},
     }
 
 
@@ -212,7 +212,7 @@ def caption_split(
         return result["caption"], result["log_prob"], result["tokens"], result["attention"]
 
     rows: list[dict] = []
-    progress = keras.utils.Progbar(None, unit_name="image")
+    progress = cli.progress_bar(None, "image")
     for batch in dataset:
         captions, log_probs, batch_tokens, attention = caption_images(batch["image"])
         for filename, caption, log_prob, references, row_tokens, row_attention in zip(
@@ -279,7 +279,7 @@ def evaluate(
     scenes = find_scenes(data_dir)
     if scenes:
         metrics.update(truth_figures([row["image"] for row in rows], hypotheses, scenes))
-        metrics["pointing_game"] = grounding.pointing_game(rows, sample_data.load_scenes(scenes))
+        metrics["pointing_game"] = grounding.pointing_game(rows, sample_scenes.load_scenes(scenes))
     output_dir = output_dir or os.path.join(job_dir, f"eval_{split}")
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as out:
@@ -296,6 +296,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # Everything comes from flags.
+    cli.quiet_absl_logging()
     result = evaluate(
         FLAGS.job_dir,
         FLAGS.data_dir,

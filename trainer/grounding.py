@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from preprocess import sample_data
+from preprocess import scenes as sample_scenes
 
 
 def box_cells(obj: dict, width: int, height: int, side: int) -> np.ndarray:
@@ -33,7 +33,7 @@ def named_objects(tokens: list[str], objects: list[dict]) -> list[tuple[int, dic
     named = []
     for step in range(1, len(tokens)):
         shape, colour = tokens[step], tokens[step - 1]
-        if shape not in sample_data.SHAPES or colour not in sample_data.COLORS:
+        if shape not in sample_scenes.SHAPES or colour not in sample_scenes.COLORS:
             continue
         matches = [o for o in objects if o["shape"] == shape and o["color"] == colour]
         if len(matches) == 1:

@@ -34,10 +34,11 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from preprocess import records, sample_data, transform
+from preprocess import records, transform
+from preprocess import scenes as sample_scenes
 from trainer import cli, data, model
 
-KINDS = tuple(itertools.product(sample_data.COLORS, sample_data.SHAPES))
+KINDS = tuple(itertools.product(sample_scenes.COLORS, sample_scenes.SHAPES))
 # Per kind: present, large (if present), centre x, centre y (fractions of the image's sides).
 TARGETS = 4
 
@@ -233,7 +234,7 @@ def pretrain(
 ) -> dict:
     """Train, keep the weights of the best validation epoch, write them and the figures."""
     keras.utils.set_random_seed(seed)
-    scenes = sample_data.load_scenes(scenes_path)
+    scenes = sample_scenes.load_scenes(scenes_path)
     manifest = data.load_manifest(data_dir)
     train_data = make_dataset(data_dir, "train", scenes, image_size, batch_size, seed, flip)
     val_data = make_dataset(data_dir, "val", scenes, image_size, batch_size, seed)

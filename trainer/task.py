@@ -135,6 +135,7 @@ flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
 
 def main(argv):
     del argv  # Everything comes from flags.
+    cli.quiet_absl_logging()
     try:
         train_and_evaluate()
     except (data.DataError, model.EncoderWeightsError, FileNotFoundError) as error:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -22,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocess import text
-from trainer import data, decoding, distribute, job, steps
+from trainer import cli, data, decoding, distribute, job, steps
 from trainer.config import TrainConfig, step_jit_compile
 from trainer.model import Captioner, calibrate_batchnorm, num_locations, preprocess_image
 
@@ -76,6 +74,40 @@ def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], b
     return calibrate_batchnorm(model.cnn, images)
 
 
+def _steps_per_epoch(config: TrainConfig, manifest: dict) -> int:
+    """Full global batches per epoch: of images, or of captions with --caption_sampling=all."""
+    train_examples = data.split_size(manifest, "train")
+    steps_per_epoch = train_examples // config.batch_size
+    if config.caption_sampling == "all":
+        steps_per_epoch = int(manifest["splits"]["train"].get("captions", 0)) // config.batch_size
+    if steps_per_epoch == 0:
+        raise data.DataError(
+            f"--data_dir={config.data_dir}: the train split has {train_examples} examples, "
+            f"fewer than one --batch_size={config.batch_size}; lower the batch size or add data"
+        )
+    return steps_per_epoch
+
+
+def _inputs(
+    model: Captioner,
+    config: TrainConfig,
+    train_files: list[str],
+    val_files: list[str],
+    cache_root: str,
+) -> tuple[list[str], list[str], data.Source]:
+    """(train files, val files, what they hold): the feature cache's for a frozen encoder."""
+    if not config.cache_features or config.train_encoder:
+        return train_files, val_files, data.Images(config.image_size)
+    from trainer import cache
+
+    train_files = cache.cached_split(
+        model, config, "train", train_files, cache_root, mirror=config.mirror
+    )
+    if val_files:
+        val_files = cache.cached_split(model, config, "val", val_files, cache_root)
+    return train_files, val_files, data.CachedFeatures(num_locations(config.image_size))
+
+
 def _summary_writer(job_dir: str, name: str, chief: bool):
     if not chief:
         return tf.summary.create_noop_writer()
@@ -93,7 +125,6 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
     strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
     precision = distribute.select_precision(config.precision)
     replicas = strategy.num_replicas_in_sync
-    logging.info("strategy: %s; precision: %s", distribute.describe(strategy), precision)
     print(f"strategy: {distribute.describe(strategy)}; precision: {precision}", flush=True)
     _check_config(config, replicas)
     if config.deterministic:
@@ -104,15 +135,7 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
     # Data ------------------------------------------------------------------------------------
     manifest = data.load_manifest(config.data_dir)
     tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
-    train_examples = data.split_size(manifest, "train")
-    steps_per_epoch = train_examples // config.batch_size
-    if config.caption_sampling == "all":
-        steps_per_epoch = int(manifest["splits"]["train"].get("captions", 0)) // config.batch_size
-    if steps_per_epoch == 0:
-        raise data.DataError(
-            f"--data_dir={config.data_dir}: the train split has {train_examples} examples, "
-            f"fewer than one --batch_size={config.batch_size}; lower the batch size or add data"
-        )
+    steps_per_epoch = _steps_per_epoch(config, manifest)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -145,7 +168,7 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
         record.update(strategy=distribute.describe(strategy), precision=precision)
         record["jit_compile"] = step_jit_compile(config)
         job.write_config(config.job_dir, record)
-        job.write_tokens(config.job_dir, tokens)
+        job.write_tokens(config.job_dir, tokens)  # The job dir stands alone.
 
     train_files = data.shard_files(config.data_dir, "train")
     if not restored_from and config.encoder_weights in ("none", ""):
@@ -153,19 +176,9 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
         print(f"calibrated the random encoder's BatchNorm statistics on {calibrated} batches")
 
     # Feature cache: the frozen encoder runs once per image, not once per epoch ---------------
-    locations = 0
-    if config.cache_features and not config.train_encoder:
-        from trainer import cache
-
-        # Workers other than the chief cache privately: two writers must not share files.
-        cache_root = "" if chief else os.path.join(checkpoint_dir, "feature_cache")
-        train_files = cache.cached_split(
-            model, config, "train", train_files, cache_root, mirror=config.mirror
-        )
-        if val_files:
-            val_files = cache.cached_split(model, config, "val", val_files, cache_root)
-        locations = num_locations(config.image_size)
-    source = data.CachedFeatures(locations) if locations else data.Images(config.image_size)
+    # Workers other than the chief cache privately: two writers must not share files.
+    cache_root = "" if chief else os.path.join(checkpoint_dir, "feature_cache")
+    train_files, val_files, source = _inputs(model, config, train_files, val_files, cache_root)
 
     def epoch_dataset(epoch: int, files: list[str], shuffle: bool, drop: bool):
         def dataset_fn(input_context=None):
@@ -207,12 +220,8 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
         current = int(step.numpy())
         epoch, skip = divmod(current, steps_per_epoch)
         print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
-        progress = keras.utils.Progbar(
-            steps_per_epoch,
-            # A log file gets one line per epoch, not one bar per step.
-            verbose=1 if sys.stdout.isatty() else 2,
-            stateful_metrics=["loss", "accuracy"],
-        )
+        # A log file gets one line per epoch, not one bar per step.
+        progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         iterator = iter(epoch_dataset(epoch, train_files, shuffle=True, drop=True))
         for _ in range(skip):  # Resume mid-epoch at the very batch where the run stopped.
             next(iterator)
@@ -257,7 +266,7 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
             for key, value in val_metrics.items():
                 tf.summary.scalar(key, value)
             if val_files and config.sample_captions:
-                samples = sample_captions(model, tokenizer, config, val_files, locations)
+                samples = sample_captions(model, tokenizer, config, val_files, source)
                 tf.summary.text("sample_captions", "\n\n".join(samples))
                 for sample in samples:
                     print(f"  {sample}", flush=True)
@@ -302,15 +311,14 @@ def sample_captions(
     tokenizer: data.Tokenizer,
     config: TrainConfig,
     files: list[str],
-    locations: int,
+    source: data.Source,
 ) -> list[str]:
     """Greedy captions of the first few validation images, with their first reference."""
-    source = data.CachedFeatures(locations) if locations else data.Images(config.image_size)
     dataset = data.make_dataset(
         files, tokenizer, config.sample_captions, source, keep_references=True
     )
     batch = next(iter(dataset))
-    if locations:
+    if "cnn_features" in batch:
         cnn_features = batch["cnn_features"]
     else:
         cnn_features = model.encode(batch["image"])
