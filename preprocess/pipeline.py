@@ -220,23 +220,23 @@ def write_manifest(
             f"rows_read={totals['rows_read']} but captions_written + captions_dropped + "
             f"rows_rejected = {accounted}: a row went uncounted; this is a bug in preprocess"
         )
-    manifest = {
-        "schema_version": records.SCHEMA_VERSION,
-        "sources": {
+    manifest = records.Manifest(
+        schema_version=records.SCHEMA_VERSION,
+        sources={
             "captions_file": config.captions_file,
             "format": config.fmt,
             "images_dir": config.images_dir,
         },
-        "flags": config.flags,
-        "counts": totals,
-        "splits": splits,
-        "rejects_file": REJECTS_FILENAME,
-        "rejects_by_reason": rejects_by_reason,
-        "vocab": vocab,
-    }
+        flags=config.flags,
+        counts=totals,
+        splits=splits,
+        rejects_file=REJECTS_FILENAME,
+        rejects_by_reason=rejects_by_reason,
+        vocab=vocab,
+    )
     with FileSystems.create(join(config.output_dir, records.MANIFEST_FILENAME)) as manifest_file:
-        manifest_file.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-    return manifest
+        manifest_file.write(manifest.to_json().encode("utf-8"))
+    return dataclasses.asdict(manifest)
 
 
 def build(pipeline: beam.Pipeline, config: PreprocessConfig) -> None:

@@ -5,6 +5,8 @@ The only file that spells the feature keys; every stage goes through it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 # 2: `image/encoded` holds the original file's bytes (JPEG or PNG), not a resized re-encoding.
@@ -46,6 +48,40 @@ REASON_IMAGE_UNREADABLE = "image_unreadable"
 REASON_IMAGE_TOO_LARGE = "image_too_large"
 REASON_IMAGE_TOO_SMALL = "image_too_small"
 REASON_UNKNOWN_SPLIT = "unknown_split"
+
+
+@dataclasses.dataclass
+class Manifest:
+    """manifest.json, the last file preprocess writes: what the run read, wrote and refused.
+
+    counts: rows_read, captions_written, captions_dropped, rows_rejected, images_written, with
+    rows_read == captions_written + captions_dropped + rows_rejected. splits: per split its
+    examples, captions, shards and files. vocab: file, size, fingerprint.
+    """
+
+    schema_version: int
+    sources: dict
+    flags: dict
+    counts: dict
+    splits: dict
+    rejects_file: str
+    rejects_by_reason: dict
+    vocab: dict
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """The manifest in `text`; fields another version does not write come back empty."""
+        fields = json.loads(text)
+        return cls(**{f.name: fields.get(f.name, {}) for f in dataclasses.fields(cls)})
+
+    def examples(self, split: str) -> int:
+        return int(self.splits.get(split, {}).get("examples", 0))
+
+    def captions(self, split: str) -> int:
+        return int(self.splits.get(split, {}).get("captions", 0))
 
 
 def shard_prefix(output_dir: str, split: str) -> str:

@@ -61,14 +61,18 @@ def write_tiny_data(out_dir: str, images_per_split=(24, 6, 6), size: int = 32) -
     vocab_text = text.format_vocab(counts)
     with open(os.path.join(out_dir, text.VOCAB_FILENAME), "w") as vocab_file:
         vocab_file.write(vocab_text)
-    manifest = {
-        "schema_version": records.SCHEMA_VERSION,
-        "image_size": size,
-        "splits": splits,
-        "vocab": {"file": text.VOCAB_FILENAME, "fingerprint": text.fingerprint(vocab_text)},
-    }
+    manifest = records.Manifest(
+        schema_version=records.SCHEMA_VERSION,
+        sources={},
+        flags={},
+        counts={},
+        splits=splits,
+        rejects_file="",
+        rejects_by_reason={},
+        vocab={"file": text.VOCAB_FILENAME, "fingerprint": text.fingerprint(vocab_text)},
+    )
     with open(os.path.join(out_dir, records.MANIFEST_FILENAME), "w") as manifest_file:
-        json.dump(manifest, manifest_file)
+        manifest_file.write(manifest.to_json())
     return out_dir
 
 
@@ -181,7 +185,6 @@ def trained_job(tiny_data, tmp_path_factory) -> str:
 def fresh_process_json(script: str, *args: str):
     """The last stdout line, as JSON, of `python -c script args` run from / (so nothing of this
     checkout is importable): how a SavedModel is checked to stand alone."""
-    import json
     import subprocess
     import sys
 

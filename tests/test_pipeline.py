@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import glob
 import io
 import json
@@ -117,7 +118,11 @@ def run_job(raw: str, output_dir: str, options: list[str] = (), **overrides) -> 
     with beam.Pipeline(options=PipelineOptions(list(options))) as beam_pipeline:
         pipeline.build(beam_pipeline, config)
     with open(os.path.join(output_dir, records.MANIFEST_FILENAME)) as manifest_file:
-        return json.load(manifest_file)
+        text_of_manifest = manifest_file.read()
+    # The file is the schema's own: it reads back as a records.Manifest, field for field.
+    manifest = json.loads(text_of_manifest)
+    assert dataclasses.asdict(records.Manifest.from_json(text_of_manifest)) == manifest
+    return manifest
 
 
 def read_split(output_dir: str, split: str) -> list[dict]:

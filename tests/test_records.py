@@ -94,3 +94,20 @@ def test_encoding_without_tensorflow_matches_tensorflows(
     assert tf.train.Example.FromString(encoded) == reference_encoding(
         jpeg_bytes, filename, height, width, captions
     )
+
+
+def test_manifest_round_trips_and_answers_per_split_counts():
+    manifest = records.Manifest(
+        schema_version=records.SCHEMA_VERSION,
+        sources={"format": "kaggle"},
+        flags={"captions": "all"},
+        counts={"rows_read": 10, "captions_written": 9, "captions_dropped": 0, "rows_rejected": 1},
+        splits={"train": {"examples": 2, "captions": 8, "shards": 1, "files": ["t"]}},
+        rejects_file="rejects.jsonl",
+        rejects_by_reason={"image_missing": 1},
+        vocab={"file": "vocab.txt", "size": 3, "fingerprint": "abc"},
+    )
+    again = records.Manifest.from_json(manifest.to_json())
+    assert again == manifest
+    assert again.examples("train") == 2 and again.captions("train") == 8
+    assert again.examples("test") == 0  # A split the run did not write.

@@ -10,7 +10,6 @@ per batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import tensorflow as tf
@@ -27,7 +26,7 @@ class DataError(ValueError):
     """Input data that cannot be trained on; the message names the file and the fix."""
 
 
-def load_manifest(data_dir: str) -> dict:
+def load_manifest(data_dir: str) -> records.Manifest:
     path = os.path.join(data_dir, records.MANIFEST_FILENAME)
     if not tf.io.gfile.exists(path):
         raise DataError(
@@ -36,18 +35,14 @@ def load_manifest(data_dir: str) -> dict:
             f"{records.DEFAULT_DATA_DIR}) or pass the --output_dir of a preprocess run"
         )
     with tf.io.gfile.GFile(path) as manifest_file:
-        manifest = json.load(manifest_file)
-    version = manifest.get("schema_version")
+        manifest = records.Manifest.from_json(manifest_file.read())
+    version = manifest.schema_version
     if version != records.SCHEMA_VERSION:
         raise DataError(
             f"{path}: schema_version {version}, this trainer reads {records.SCHEMA_VERSION}; "
             "re-run python -m preprocess.run with this version of the code"
         )
     return manifest
-
-
-def split_size(manifest: dict, split: str) -> int:
-    return int(manifest.get("splits", {}).get(split, {}).get("examples", 0))
 
 
 def shard_files(data_dir: str, split: str) -> list[str]:

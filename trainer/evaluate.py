@@ -83,7 +83,7 @@ def find_scenes(data_dir: str) -> str | None:
         manifest = data.load_manifest(data_dir)
     except data.DataError:
         return None
-    sources = manifest.get("sources", {})
+    sources = manifest.sources
     candidates = [
         sources.get("scenes_file", ""),
         os.path.join(os.path.dirname(sources.get("captions_file", "")), "scenes.json"),

@@ -238,7 +238,7 @@ def pretrain(
     manifest = data.load_manifest(data_dir)
     train_data = make_dataset(data_dir, "train", scenes, image_size, batch_size, seed, flip)
     val_data = make_dataset(data_dir, "val", scenes, image_size, batch_size, seed)
-    steps = epochs * (data.split_size(manifest, "train") // batch_size)
+    steps = epochs * (manifest.examples("train") // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(steps, 1), alpha=0.01)
 
     cnn, classifier = build(image_size, init_weights)
@@ -262,7 +262,7 @@ def pretrain(
     )
     classifier.load_weights(best)
     figures = {"val": held_out_figures(classifier, val_data)}
-    if data.split_size(manifest, "test"):
+    if manifest.examples("test"):
         test_data = make_dataset(data_dir, "test", scenes, image_size, batch_size, seed)
         figures["test"] = held_out_figures(classifier, test_data)
     figures["epochs"] = epochs

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from preprocess import text
+from preprocess import records, text
 from trainer import cli, data, decoding, distribute, job, steps
 from trainer.config import TrainConfig, step_jit_compile
 from trainer.model import Captioner, calibrate_batchnorm, num_locations, preprocess_image
@@ -37,9 +37,9 @@ def _check_config(config: TrainConfig, replicas: int) -> None:
         )
 
 
-def _config_identity(config: TrainConfig, manifest: dict, tokens: list[str]) -> dict:
+def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: list[str]) -> dict:
     return {
-        "schema_version": manifest.get("schema_version"),
+        "schema_version": manifest.schema_version,
         "vocab_fingerprint": text.fingerprint("\n".join(tokens)),
         "vocab_size": len(tokens),
         "max_length": config.max_length,
@@ -74,12 +74,12 @@ def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], b
     return calibrate_batchnorm(model.cnn, images)
 
 
-def _steps_per_epoch(config: TrainConfig, manifest: dict) -> int:
+def _steps_per_epoch(config: TrainConfig, manifest: records.Manifest) -> int:
     """Full global batches per epoch: of images, or of captions with --caption_sampling=all."""
-    train_examples = data.split_size(manifest, "train")
+    train_examples = manifest.examples("train")
     steps_per_epoch = train_examples // config.batch_size
     if config.caption_sampling == "all":
-        steps_per_epoch = int(manifest["splits"]["train"].get("captions", 0)) // config.batch_size
+        steps_per_epoch = manifest.captions("train") // config.batch_size
     if steps_per_epoch == 0:
         raise data.DataError(
             f"--data_dir={config.data_dir}: the train split has {train_examples} examples, "
@@ -142,7 +142,7 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
     identity = _config_identity(config, manifest, tokens)
     job.check_resume(config.job_dir, identity)
     tokenizer = data.Tokenizer(tokens, config.max_length)
-    val_files = data.shard_files(config.data_dir, "val") if data.split_size(manifest, "val") else []
+    val_files = data.shard_files(config.data_dir, "val") if manifest.examples("val") else []
 
     # Model, optimizer, checkpoint ------------------------------------------------------------
     with strategy.scope():
@@ -164,7 +164,11 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
         print(f"resumed from {restored_from} at step {int(step.numpy())}", flush=True)
     if chief:
         record = {"flags": dataclasses.asdict(config), "identity": identity}
-        record["manifest"] = {key: manifest.get(key) for key in ("counts", "splits", "vocab")}
+        record["manifest"] = {
+            "counts": manifest.counts,
+            "splits": manifest.splits,
+            "vocab": manifest.vocab,
+        }
         record.update(strategy=distribute.describe(strategy), precision=precision)
         record["jit_compile"] = step_jit_compile(config)
         job.write_config(config.job_dir, record)
