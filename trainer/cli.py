@@ -82,5 +82,8 @@ def progress_bar(target: int | None, unit: str = "step", **kwargs):
 
 def quiet_absl_logging() -> None:
     """Library INFO lines off by default in a command; --verbosity=0 brings them back."""
+    from absl import logging
+
+    # absl's app.run sets INFO (0) unless --verbosity is given.
     if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
-        flags.FLAGS.set_default("verbosity", -1)
+        logging.set_verbosity(logging.WARNING)
