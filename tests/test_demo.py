@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from preprocess import sample_data
+from preprocess import scenes
 from serving import demo
 from trainer import decoding
 from trainer import model as model_lib
@@ -42,7 +42,7 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert summary["test_images"] > 0 and summary["encoder_weights"].endswith(".weights.h5")
     # Every held-out caption is true or false for one named reason.
     false = summary["false_captions"]
-    assert set(false) == set(sample_data.FALSE_REASONS)
+    assert set(false) == set(scenes.FALSE_REASONS)
     true = round(summary["true_captions"] * summary["test_images"])
     assert true + sum(false.values()) == summary["test_images"]
     assert 0.0 <= summary["relation_captions"] <= 1.0
