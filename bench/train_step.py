@@ -2,7 +2,7 @@
 
     python bench/train_step.py [--seconds 12] [--rounds 3] [--batch 64] [--vocab 5000]
 
-value: captions/s of the real `train_step` of `trainer.train.make_step_functions` (default
+value: captions/s of the real `train_step` of `trainer.steps.make_step_functions` (default
 strategy, float32) on cached EfficientNet features (random float32 [batch, 49, 1280], so the CNN
 is not run), best of jit_compile False and True (both reported).
 baseline: the same Captioner and weights trained by an eager Python loop over the time steps

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import TINY_FLAGS, start_module, tiny_config, write_tiny_data
 
-from trainer import train
+from trainer import steps, train
 
 ARGS = [
     *TINY_FLAGS,
@@ -81,8 +81,8 @@ def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
         loss_sum, tokens, correct = masked_loss_sum(*args, **kwargs)
         return loss_sum * float("nan"), tokens, correct
 
-    masked_loss_sum = train.masked_loss_sum
-    monkeypatch.setattr(train, "masked_loss_sum", nan_loss)
+    masked_loss_sum = steps.masked_loss_sum
+    monkeypatch.setattr(steps, "masked_loss_sum", nan_loss)
     config.max_steps = 0
     with pytest.raises(train.TrainingDiverged, match="loss became nan at step 2"):
         train.train(config)
