@@ -98,6 +98,7 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
     valid = (
         (tiff >= 0)
         & (little | big)
+        & (ifd >= tiff + 8)  # Past the TIFF header; a 4-byte offset ≥ 2³¹ wraps negative.
         & (ifd + 2 + 12 * count <= EXIF_SEARCH_BYTES)
         & tf.reduce_any(is_orientation)
         & (value >= 1)

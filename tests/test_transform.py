@@ -72,6 +72,7 @@ def test_big_endian_exif_is_read():
         jpeg(NOISE),  # No EXIF.
         jpeg(NOISE)[:200],  # Cut inside the headers.
         b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00II*\x00\xff\xff\xff\x7f",  # IFD offset past the end.
+        b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00II*\x00\x00\x00\x00\xff",  # Offset that wraps.
         b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
         b"",
         b"\xff\xd8" + b"\xff\xe1\xff\xff" * 100,
