@@ -43,7 +43,9 @@ import tensorflow as tf  # noqa: E402
 from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
 from trainer import steps, train  # noqa: E402
-from trainer.model import CNN_CHANNELS, Captioner, masked_loss_sum  # noqa: E402
+from trainer.model import FEATURE_LAYERS, Captioner, masked_loss_sum  # noqa: E402
+
+CNN_CHANNELS = FEATURE_LAYERS["top"].channels
 
 FLOP_PER_CAPTION = 0.81e9  # Issue 4: forward ≈ 0.27 GFLOP, backward ≈ 2× forward.
 LOCATIONS = 49  # 224 px / 32 → 7×7.

@@ -47,6 +47,7 @@ def demo(
     encoder_weights: str = DEMO_ENCODER,
     train_encoder: bool = False,
     length_alpha: float = decoding.LENGTH_ALPHA,
+    feature_layer: str = model.DEFAULT_FEATURE_LAYER,
 ) -> dict:
     started = time.perf_counter()
     raw_dir = os.path.join(out_dir, "sample")
@@ -79,6 +80,7 @@ def demo(
         epochs=epochs,
         batch_size=batch_size,
         image_size=image_size,
+        feature_layer=feature_layer,
         encoder_weights=encoder_weights,
         train_encoder=train_encoder,
         # A frozen encoder's features are cached: every caption of every image is cheap to use.
@@ -132,6 +134,7 @@ def demo(
         "length_alpha": length_alpha,
         "epochs": epochs,
         "image_size": image_size,
+        "feature_layer": feature_layer,
         "encoder_weights": os.path.basename(encoder_weights),
         "train_encoder": train_encoder,
         "minutes": round((time.perf_counter() - started) / 60, 2),
@@ -179,6 +182,7 @@ def main(argv):
         FLAGS.encoder_weights,
         FLAGS.train_encoder,
         FLAGS.length_alpha,
+        FLAGS.feature_layer,
     )
 
 
@@ -201,5 +205,11 @@ if __name__ == "__main__":
     )
     flags.DEFINE_bool(
         "train_encoder", False, "Fine-tune the encoder too (slower: no feature cache)."
+    )
+    flags.DEFINE_enum(
+        "feature_layer",
+        model.DEFAULT_FEATURE_LAYER,
+        sorted(model.FEATURE_LAYERS),
+        "Encoder map the decoder attends over (see python -m trainer.task --helpfull).",
     )
     app.run(main)

@@ -1,5 +1,6 @@
 """The model: shapes, a decoder that carries its state, masked loss, encoder weight errors."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -21,7 +22,8 @@ def model64():
 
 def random_features(batch=3, locations=1, seed=1):
     rng = np.random.default_rng(seed)
-    return tf.constant(rng.normal(size=(batch, locations, model_lib.CNN_CHANNELS)), tf.float32)
+    channels = model_lib.FEATURE_LAYERS["top"].channels
+    return tf.constant(rng.normal(size=(batch, locations, channels)), tf.float32)
 
 
 def test_teacher_forced_shapes_and_float32_logits(model):
@@ -36,6 +38,24 @@ def test_teacher_forced_shapes_and_float32_logits(model):
 def test_encoder_output_is_locations_by_1280(model):
     assert model.encode(tf.zeros([2, 32, 32, 3], tf.uint8)).shape == (2, 1, 1280)
     assert model_lib.num_locations(224) == 49 and model_lib.num_locations(64) == 4
+
+
+def test_the_stride_16_feature_layer_gives_four_times_the_locations():
+    assert model_lib.num_locations(224, "block5") == 196
+    fine = small_model(image_size=64, feature_layer="block5")
+    images = tf.zeros([2, 64, 64, 3], tf.uint8)
+    assert fine.encode(images).shape == (2, 16, 112)
+    _, attention = fine({"image": images, "input_ids": tf.constant([[2, 4, 5]] * 2)})
+    assert attention.shape == (2, 3, 16)
+    # The map is the whole encoder's own block-5 output: the same weights, not a copy.
+    block5 = fine.cnn.get_layer("block5c_add").output
+    reference = keras.Model(fine.cnn.input, block5)(model_lib.preprocess_image(images))
+    np.testing.assert_allclose(fine.encode(images).numpy().reshape(2, 4, 4, 112), reference)
+
+
+def test_an_unknown_feature_layer_names_the_choices():
+    with pytest.raises(ValueError, match="block5"):
+        small_model(feature_layer="block9")
 
 
 def test_decoder_state_is_carried_from_step_to_step(model):

@@ -3,7 +3,8 @@
 The original kept EfficientNetB0 frozen yet ran it on every image in every epoch. Here the
 features of each split are computed once, stored as float16 TFRecords under
 `JOB_DIR/feature_cache/KEY/`, and read back every epoch. KEY fingerprints the encoder's weights,
-the image size and the input shards, so a changed encoder or data set never reads stale features.
+its feature layer, the image size and the input shards, so a changed encoder or data set never
+reads stale features.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _DONE = "DONE"
 
 
 def cache_key(model, image_size: int, files: list[str]) -> str:
-    digest = hashlib.sha256(f"{records.CACHE_SCHEMA}:{image_size}".encode())
+    digest = hashlib.sha256(f"{records.CACHE_SCHEMA}:{image_size}:{model.feature_layer}".encode())
     for weight in model.cnn.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     for path in files:

@@ -28,6 +28,7 @@ class TrainConfig:
     units: int = 512
     relation_layers: int = 0
     image_size: int = 224
+    feature_layer: str = "top"  # A key of trainer.model.FEATURE_LAYERS.
     encoder_weights: str = "imagenet"
     train_encoder: bool = False
     cache_features: bool = True

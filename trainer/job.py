@@ -73,13 +73,17 @@ def read_config(job_dir: str) -> dict:
     return json.loads(_read(job_dir, config_path(job_dir), ""))
 
 
+IDENTITY_BEFORE_KEY = {"feature_layer": "top"}
+
+
 def check_resume(job_dir: str, identity: dict) -> None:
     """Refuse to resume a checkpoint made for another vocabulary, schema or model size."""
     if not tf.io.gfile.exists(config_path(job_dir)):
         return
     if not tf.train.latest_checkpoint(checkpoint_dir(job_dir)):
         return
-    previous = read_config(job_dir).get("identity", {})
+    # A key the identity gained later reads as what runs before it had.
+    previous = {**IDENTITY_BEFORE_KEY, **read_config(job_dir).get("identity", {})}
     changed = {key: (previous.get(key), value) for key, value in identity.items()}
     changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
     if changed:

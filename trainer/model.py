@@ -7,6 +7,7 @@ features, the GRU's input gates from every target token, and the output layers o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import keras
@@ -14,9 +15,25 @@ import tensorflow as tf
 
 from preprocess import text
 
-CNN_CHANNELS = 1280  # EfficientNetB0's last feature map depth.
-CNN_STRIDE = 32  # Its downsampling: 224 px → 7×7 locations.
 ENCODER_WEIGHTS = ("imagenet", "noisy-student", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureLayer:
+    """An EfficientNetB0 feature map the decoder attends over: its layer, stride and depth."""
+
+    layer: str
+    stride: int
+    channels: int
+
+
+# `--feature_layer`: the last map (7×7 locations at 224 px, each seeing the whole image) or the
+# stride-16 map of Show, Attend and Tell's grid (14×14 at 224 px, each seeing less of it).
+FEATURE_LAYERS = {
+    "top": FeatureLayer("top_activation", 32, 1280),
+    "block5": FeatureLayer("block5c_add", 16, 112),
+}
+DEFAULT_FEATURE_LAYER = "top"
 
 # EfficientNet (the `efficientnet` package) expects torch-style normalised RGB.
 _RGB_MEAN = (0.485, 0.456, 0.406)
@@ -35,8 +52,8 @@ def preprocess_image(image_uint8: tf.Tensor) -> tf.Tensor:
     return tf.cast(image_uint8, tf.float32) * scale + offset
 
 
-def num_locations(image_size: int) -> int:
-    side = -(-image_size // CNN_STRIDE)  # EfficientNet pads: ceil(size / 32).
+def num_locations(image_size: int, feature_layer: str = DEFAULT_FEATURE_LAYER) -> int:
+    side = -(-image_size // FEATURE_LAYERS[feature_layer].stride)  # It pads: ceil(size / stride).
     return side * side
 
 
@@ -161,9 +178,14 @@ class Captioner(keras.Model):
         encoder_weights: str = "imagenet",
         train_encoder: bool = False,
         relation_layers: int = 0,
+        feature_layer: str = DEFAULT_FEATURE_LAYER,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if feature_layer not in FEATURE_LAYERS:
+            raise ValueError(
+                f"--feature_layer={feature_layer}: expected one of {sorted(FEATURE_LAYERS)}"
+            )
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units
@@ -171,12 +193,17 @@ class Captioner(keras.Model):
         self.train_encoder = train_encoder
         self.cnn = build_cnn(encoder_weights, image_size)
         self.cnn.trainable = train_encoder
+        self.feature_layer = feature_layer
+        # The whole network stays `cnn` (its weights files and checkpoints are the whole
+        # EfficientNetB0's); `features_of` runs it up to the chosen map only.
+        output = self.cnn.get_layer(FEATURE_LAYERS[feature_layer].layer).output
+        self.features_of = keras.Model(self.cnn.input, output, name="feature_map")
         self.fc = keras.layers.Dense(embedding_dim, activation="relu", name="fc")
         # Which location a feature came from. The attention context is a weighted *sum* over
         # locations, so without this the decoder could not tell left from right: the features
         # say what is there, not where.
         self.location_embedding = keras.layers.Embedding(
-            num_locations(image_size), embedding_dim, name="location_embedding"
+            num_locations(image_size, feature_layer), embedding_dim, name="location_embedding"
         )
         # Self-attention among the locations before decoding (once per image, not per step), so
         # the feature the decoder reads at one object's location also says where the others are.
@@ -201,11 +228,14 @@ class Captioner(keras.Model):
     # Encoder ---------------------------------------------------------------------------------
 
     def encode(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Images [B, H, W, 3] of raw pixel values (uint8) → CNN features [B, L, 1280]."""
-        feature_map = self.cnn(preprocess_image(images), training=training and self.train_encoder)
+        """Images [B, H, W, 3] of raw pixel values (uint8) → CNN features [B, L, C]."""
+        feature_map = self.features_of(
+            preprocess_image(images), training=training and self.train_encoder
+        )
         height, width = feature_map.shape[1], feature_map.shape[2]
         locations = height * width if height and width else -1
-        return tf.reshape(feature_map, [tf.shape(feature_map)[0], locations, CNN_CHANNELS])
+        channels = FEATURE_LAYERS[self.feature_layer].channels
+        return tf.reshape(feature_map, [tf.shape(feature_map)[0], locations, channels])
 
     def prepare(self, cnn_features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """CNN features → (features [B, L, E], attention keys [B, L, U]).

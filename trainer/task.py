@@ -70,6 +70,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
 )
+flags.DEFINE_enum(
+    "feature_layer",
+    defaults.feature_layer,
+    sorted(model.FEATURE_LAYERS),
+    "EfficientNetB0 map the decoder attends over: top (stride 32: 7x7 at 224 px) or block5 "
+    "(stride 16: 14x14 at 224 px, the grid of Show, Attend and Tell).",
+)
 flags.DEFINE_string(
     "encoder_weights",
     defaults.encoder_weights,

@@ -48,6 +48,7 @@ def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: li
         "image_size": config.image_size,
         "location_embedding": True,  # Checkpoints from before it have no such weights.
         "relation_layers": config.relation_layers,
+        "feature_layer": config.feature_layer,
     }
 
 
@@ -60,6 +61,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
         encoder_weights=config.encoder_weights,
         train_encoder=config.train_encoder,
         relation_layers=config.relation_layers,
+        feature_layer=config.feature_layer,
     )
     model.build_all(config.max_length)
     return model
@@ -105,7 +107,11 @@ def _inputs(
     )
     if val_files:
         val_files = cache.cached_split(model, config, "val", val_files, cache_root)
-    return train_files, val_files, data.CachedFeatures(num_locations(config.image_size))
+    return (
+        train_files,
+        val_files,
+        data.CachedFeatures(num_locations(config.image_size, config.feature_layer)),
+    )
 
 
 def _summary_writer(job_dir: str, name: str, chief: bool):
