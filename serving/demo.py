@@ -18,6 +18,7 @@ Its choices, each measured (BENCHMARKS.md):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -28,27 +29,36 @@ from preprocess import run as preprocess_run
 from preprocess import sample_data
 from preprocess import scenes as sample_scenes
 from serving import export, predict
-from trainer import cli, decoding, evaluate, model, train
+from trainer import cli, decoding, evaluate, model, task, train
 
 FLAGS = flags.FLAGS
 DEMO_ENCODER = model.SAMPLE_ENCODER_WEIGHTS
 
 
+# The demo's training run (any flag of trainer.task overrides it; data and job dir are OUT_DIR's).
+DEMO_TRAINING = {
+    "strategy": "default",  # One device: the figures it reports are for that.
+    "image_size": model.SAMPLE_ENCODER_IMAGE_SIZE,  # The size the encoder was trained at.
+    "epochs": 8,
+    "batch_size": 64,
+    "encoder_weights": DEMO_ENCODER,
+    # A frozen encoder's features are cached: every caption of every image is cheap to use.
+    "caption_sampling": "all",
+    "lr_schedule": "cosine",
+    "sample_captions": 3,
+}
+
+
 def demo(
     out_dir: str,
     images: int,
-    image_size: int,
-    epochs: int,
-    batch_size: int,
-    beam_size: int,
-    show: int,
-    strategy: str,
-    cpu_devices: int,
-    encoder_weights: str = DEMO_ENCODER,
-    train_encoder: bool = False,
+    training: dict | None = None,
+    beam_size: int = decoding.BEAM_SIZE,
+    show: int = 4,
     length_alpha: float = decoding.LENGTH_ALPHA,
-    feature_layer: str = model.DEFAULT_FEATURE_LAYER,
 ) -> dict:
+    """Every stage on `images` sample scenes; `training`: TrainConfig fields (default
+    DEMO_TRAINING)."""
     started = time.perf_counter()
     raw_dir = os.path.join(out_dir, "sample")
     data_dir = os.path.join(out_dir, "tfrecords")
@@ -72,33 +82,19 @@ def demo(
     )
 
     print("[2/5] training", flush=True)
-    config = train.TrainConfig(
-        data_dir=data_dir,
-        job_dir=job_dir,
-        strategy=strategy,
-        cpu_devices=cpu_devices,
-        epochs=epochs,
-        batch_size=batch_size,
-        image_size=image_size,
-        feature_layer=feature_layer,
-        encoder_weights=encoder_weights,
-        train_encoder=train_encoder,
-        # A frozen encoder's features are cached: every caption of every image is cheap to use.
-        # A training encoder reads each image once per epoch, with one caption drawn at random.
-        caption_sampling="random" if train_encoder else "all",
-        lr_schedule="cosine",
-        sample_captions=3,
-    )
-    train.train(config)
+    config = train.TrainConfig(data_dir=data_dir, job_dir=job_dir, **(training or DEMO_TRAINING))
+    trained = train.train_model(config)
 
     print(f"[3/5] evaluating on the held-out test scenes (beam {beam_size})", flush=True)
     result = evaluate.evaluate(
-        job_dir, split="test", beam_size=beam_size, length_alpha=length_alpha
+        job_dir, split="test", beam_size=beam_size, length_alpha=length_alpha, restored=trained
     )
     metrics = result["metrics"]
 
     print("[4/5] exporting the SavedModel", flush=True)
-    version_dir = export.export(job_dir, export_dir, beam_size=beam_size, length_alpha=length_alpha)
+    version_dir = export.export(
+        job_dir, export_dir, beam_size=beam_size, length_alpha=length_alpha, restored=trained
+    )
 
     print(f"[5/5] captioning the held-out original photos with {version_dir}", flush=True)
     scenes = sample_scenes.load_scenes(raw_dir)
@@ -132,11 +128,11 @@ def demo(
         "served": served,
         "beam_size": beam_size,
         "length_alpha": length_alpha,
-        "epochs": epochs,
-        "image_size": image_size,
-        "feature_layer": feature_layer,
-        "encoder_weights": os.path.basename(encoder_weights),
-        "train_encoder": train_encoder,
+        "epochs": config.epochs,
+        "image_size": config.image_size,
+        "feature_layer": config.feature_layer,
+        "encoder_weights": os.path.basename(config.encoder_weights),
+        "train_encoder": config.train_encoder,
         "minutes": round((time.perf_counter() - started) / 60, 2),
         "export": version_dir,
     }
@@ -166,50 +162,33 @@ def served_figures(version_dir: str, images_dir: str, rows: list[dict], scenes: 
     }
 
 
+@cli.command_flags
+def define_flags() -> None:
+    """trainer.task's flags with DEMO_TRAINING's defaults, and the demo's own."""
+    task.define_flags()
+    flags.adopt_module_key_flags(task)
+    for name, value in DEMO_TRAINING.items():
+        FLAGS.set_default(name, value)
+    flags.DEFINE_string(
+        "out_dir",
+        "demo_out",
+        "Everything the demo writes goes here (its --data_dir and --job_dir are inside).",
+    )
+    flags.DEFINE_integer("images", 6000, "Sample scenes to generate.", lower_bound=50)
+    flags.DEFINE_integer("show", 4, "Held-out images to caption and plot.", lower_bound=1)
+
+
 def main(argv):
     del argv  # Everything comes from flags.
     cli.quiet_absl_logging()
-    demo(
-        FLAGS.out_dir,
-        FLAGS.images,
-        FLAGS.image_size,
-        FLAGS.epochs,
-        FLAGS.batch_size,
-        FLAGS.beam_size,
-        FLAGS.show,
-        FLAGS.strategy,
-        FLAGS.cpu_devices,
-        FLAGS.encoder_weights,
-        FLAGS.train_encoder,
-        FLAGS.length_alpha,
-        FLAGS.feature_layer,
-    )
+    training = dataclasses.asdict(task.config_from_flags(data_dir="", job_dir=""))
+    del training["data_dir"], training["job_dir"]
+    if FLAGS.train_encoder and not FLAGS["caption_sampling"].present:
+        # A training encoder reads each image once per epoch, with one caption drawn at random.
+        training["caption_sampling"] = "random"
+    demo(FLAGS.out_dir, FLAGS.images, training, FLAGS.beam_size, FLAGS.show, FLAGS.length_alpha)
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("out_dir", "demo_out", "Everything the demo writes goes here.")
-    flags.DEFINE_integer("images", 6000, "Sample scenes to generate.", lower_bound=50)
-    flags.DEFINE_integer("image_size", 64, "Encoder input side, pixels.", lower_bound=32)
-    flags.DEFINE_integer("epochs", 8, "Training epochs.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 64, "Global batch.", lower_bound=1)
-    cli.define_decoding()
-    flags.adopt_module_key_flags(cli)
-    flags.DEFINE_integer("show", 4, "Held-out images to caption and plot.", lower_bound=1)
-    cli.define_distribution()
-    FLAGS.set_default("strategy", "default")  # One device: the figures it reports are for that.
-    flags.DEFINE_string(
-        "encoder_weights",
-        DEMO_ENCODER,
-        "EfficientNetB0 weights: the shipped file (pretrained on other sample scenes), none "
-        "(random; add --train_encoder), imagenet (needs the internet) or a path.",
-    )
-    flags.DEFINE_bool(
-        "train_encoder", False, "Fine-tune the encoder too (slower: no feature cache)."
-    )
-    flags.DEFINE_enum(
-        "feature_layer",
-        model.DEFAULT_FEATURE_LAYER,
-        sorted(model.FEATURE_LAYERS),
-        "Encoder map the decoder attends over (see python -m trainer.task --helpfull).",
-    )
+    define_flags()
     app.run(main)

@@ -344,6 +344,22 @@ def export_encoder(job_dir: str, path: str) -> str:
 FLAGS = flags.FLAGS
 
 
+@cli.command_flags
+def define_flags() -> None:
+    cli.define_job_dir()
+    cli.define_decoding()
+    flags.adopt_module_key_flags(cli)
+    flags.DEFINE_string("export_dir", "exports", "Root of the exported models.")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name (a TF Serving model).")
+    flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)
+    flags.DEFINE_string(
+        "encoder_file",
+        "",
+        "Also write the trained encoder's weights here (*.weights.h5), for a later "
+        "--encoder_weights.",
+    )
+
+
 def main(argv):
     del argv  # Everything comes from flags.
     cli.quiet_absl_logging()
@@ -363,16 +379,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.define_job_dir()
-    cli.define_decoding()
-    flags.adopt_module_key_flags(cli)
-    flags.DEFINE_string("export_dir", "exports", "Root of the exported models.")
-    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name (a TF Serving model).")
-    flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)
-    flags.DEFINE_string(
-        "encoder_file",
-        "",
-        "Also write the trained encoder's weights here (*.weights.h5), for a later "
-        "--encoder_weights.",
-    )
+    define_flags()
     app.run(main)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from trainer import cli
+from trainer import cli, decoding
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -61,7 +61,9 @@ def expand_images(patterns: list[str]) -> list[str]:
     return paths
 
 
-def caption_files(model_dir: str, paths: list[str], batch_size: int = 16, num_captions: int = 0):
+def caption_files(
+    model_dir: str, paths: list[str], batch_size: int = decoding.BATCH_SIZE, num_captions: int = 0
+):
     """Yield (path, result dict) per image; unreadable images yield an "error" instead.
 
     `num_captions` > 0 asks the `caption_nbest` signature for that many captions per image
@@ -152,7 +154,7 @@ def predict(
     patterns: list[str],
     output: str = "",
     attention_plot: str = "",
-    batch_size: int = 16,
+    batch_size: int = decoding.BATCH_SIZE,
     num_captions: int = 0,
 ) -> list[dict]:
     paths = expand_images(patterns)
@@ -198,6 +200,25 @@ def predict(
 FLAGS = flags.FLAGS
 
 
+@cli.command_flags
+def define_flags() -> None:
+    flags.DEFINE_string(
+        "model_dir",
+        "exports/captioner",
+        "Exported model: a version dir, or the model dir (its highest version is used).",
+    )
+    flags.DEFINE_string("output", "", "Write JSON lines here instead of stdout.")
+    flags.DEFINE_string("attention_plot", "", "Save one attention figure per image here.")
+    cli.define_decode_batch_size()
+    flags.DEFINE_integer(
+        "num_captions",
+        0,
+        "K > 0: the K best captions per image (the caption_nbest signature), each word with its "
+        "log-probability; at most the exported beam size.",
+        lower_bound=0,
+    )
+
+
 def main(argv):
     cli.quiet_absl_logging()
     images = argv[1:]
@@ -208,7 +229,7 @@ def main(argv):
         images,
         FLAGS.output,
         FLAGS.attention_plot,
-        FLAGS.batch_size,
+        FLAGS.decode_batch_size,
         FLAGS.num_captions,
     )
     failed = sum("error" in line for line in lines)
@@ -217,19 +238,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string(
-        "model_dir",
-        "exports/captioner",
-        "Exported model: a version dir, or the model dir (its highest version is used).",
-    )
-    flags.DEFINE_string("output", "", "Write JSON lines here instead of stdout.")
-    flags.DEFINE_string("attention_plot", "", "Save one attention figure per image here.")
-    flags.DEFINE_integer("batch_size", 16, "Images per request.", lower_bound=1)
-    flags.DEFINE_integer(
-        "num_captions",
-        0,
-        "K > 0: the K best captions per image (the caption_nbest signature), each word with its "
-        "log-probability; at most the exported beam size.",
-        lower_bound=0,
-    )
+    define_flags()
     app.run(main)

@@ -4,8 +4,8 @@ r"""Train → evaluate → export in one process, passing the live model: `pytho
         --encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64 \
         --caption_sampling=all --epochs=8 --job_dir=jobs/captioner --export_dir=exports
 
-Every flag of `python -m trainer.task`, plus --export_dir. It sits in serving/ because it runs
-all stages: data flows one way, preprocess ← trainer ← serving.
+Every flag of `python -m trainer.task` and of `python -m serving.export`. It sits in serving/
+because it runs all stages: data flows one way, preprocess ← trainer ← serving.
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from serving import export
 from trainer import cli, data, model, task
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(task)
-flags.DEFINE_string("export_dir", "exports", "Root of the exported models (see serving.export).")
+
+
+@cli.command_flags
+def define_flags() -> None:
+    task.define_flags()
+    export.define_flags()
+    flags.adopt_module_key_flags(task)
+    flags.adopt_module_key_flags(export)
 
 
 def main(argv):
@@ -35,7 +41,10 @@ def main(argv):
     path = export.export(
         config.job_dir,
         FLAGS.export_dir,
+        FLAGS.model_name,
+        FLAGS.version,
         beam_size=FLAGS.beam_size,
+        encoder_file=FLAGS.encoder_file,
         length_alpha=FLAGS.length_alpha,
         restored=trained,
     )
@@ -43,4 +52,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

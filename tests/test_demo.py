@@ -27,17 +27,8 @@ def test_shipped_encoder_weights_load_and_are_trained():
 
 @pytest.mark.slow
 def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsys):
-    summary = demo.demo(
-        str(tmp_path),
-        images=60,
-        image_size=32,
-        epochs=1,
-        batch_size=8,
-        beam_size=2,
-        show=2,
-        strategy="default",
-        cpu_devices=0,
-    )
+    training = {**demo.DEMO_TRAINING, "image_size": 32, "epochs": 1, "batch_size": 8}
+    summary = demo.demo(str(tmp_path), images=60, training=training, beam_size=2, show=2)
     assert 0.0 <= summary["bleu4"] <= 1.0 and 0.0 <= summary["true_captions"] <= 1.0
     assert summary["test_images"] > 0 and summary["encoder_weights"].endswith(".weights.h5")
     # Every held-out caption is true or false for one named reason.

@@ -1,12 +1,16 @@
 """What several commands share: flags (each defined once, one default and help) and the console.
 
-An entry module calls the definers it needs at import (`cli.define_job_dir()`, ...); a definer
-called again, by another entry module imported in the same process, returns the same flag, so
-`python -m trainer.task` can import `trainer.evaluate` without a DuplicateFlagError. Library
-code takes values as arguments and never reads flags.
+Every command module has one `define_flags()` (wrapped in `command_flags`, so it runs once per
+process) that defines its own flags and calls the definers here for the shared ones; its
+`__main__` block is `define_flags(); app.run(main)`. A command that runs others adopts their
+flags by calling their `define_flags()` (`serving.workflow` = trainer.task's + serving.export's).
+A definer called again returns the same flag, so nothing is defined twice. Library code takes
+values as arguments and never reads flags.
 """
 
 from __future__ import annotations
+
+import functools
 
 from absl import flags
 
@@ -19,6 +23,32 @@ def _define(name: str, define, *args, **kwargs):
     if name not in flags.FLAGS:
         define(name, *args, **kwargs)
     return flags.FLAGS[name]
+
+
+def command_flags(define_flags):
+    """`define_flags` run once per process, however many commands adopt it."""
+    return functools.cache(define_flags)
+
+
+def define_data_dir():
+    from preprocess import records
+
+    return _define(
+        "data_dir",
+        flags.DEFINE_string,
+        records.DEFAULT_DATA_DIR,
+        "Output dir of preprocess.run: the records, vocab.txt and manifest.json.",
+    )
+
+
+def define_decode_batch_size():
+    return _define(
+        "decode_batch_size",
+        flags.DEFINE_integer,
+        decoding.BATCH_SIZE,
+        "Images captioned at once (evaluation, serving.predict's SavedModel calls).",
+        lower_bound=1,
+    )
 
 
 def define_job_dir():

@@ -23,6 +23,8 @@ NEG_INF = -1e9
 LENGTH_ALPHA = 0.0
 # Beam width of evaluation and the exported decoder unless told otherwise.
 BEAM_SIZE = 3
+# Images decoded at once by evaluation and serving.predict.
+BATCH_SIZE = 32
 
 
 def beam_decode(

@@ -146,7 +146,12 @@ def contrast_counts(
 
 
 def contrast_accuracy(
-    model, tokens: list[str], config: train.TrainConfig, data_dir: str, split: str, batch_size=32
+    model,
+    tokens: list[str],
+    config: train.TrainConfig,
+    data_dir: str,
+    split: str,
+    batch_size=decoding.BATCH_SIZE,
 ) -> dict:
     """Teacher-forced accuracy on CONTRAST_PAIRS over every reference caption of `split`.
 
@@ -191,7 +196,7 @@ def caption_split(
     data_dir: str,
     split: str,
     beam_size: int,
-    batch_size: int = 32,
+    batch_size: int = decoding.BATCH_SIZE,
     limit: int = 0,
     length_alpha: float = decoding.LENGTH_ALPHA,
 ) -> list[dict]:
@@ -246,7 +251,7 @@ def evaluate(
     data_dir: str = "",
     split: str = "test",
     beam_size: int = decoding.BEAM_SIZE,
-    batch_size: int = 32,
+    batch_size: int = decoding.BATCH_SIZE,
     output_dir: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
     restored: tuple | None = None,
@@ -294,15 +299,28 @@ def evaluate(
 FLAGS = flags.FLAGS
 
 
+@cli.command_flags
+def define_flags() -> None:
+    cli.define_job_dir()
+    cli.define_decoding()
+    cli.define_data_dir()
+    cli.define_decode_batch_size()
+    flags.adopt_module_key_flags(cli)
+    flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to caption and score.")
+    flags.DEFINE_string(
+        "output_dir", "", "Where metrics.json and captions.jsonl go; default JOB_DIR/eval_SPLIT."
+    )
+
+
 def main(argv):
     del argv  # Everything comes from flags.
     cli.quiet_absl_logging()
     result = evaluate(
         FLAGS.job_dir,
-        FLAGS.data_dir,
+        FLAGS.data_dir if FLAGS["data_dir"].present else "",  # Default: the one trained on.
         FLAGS.split,
         FLAGS.beam_size,
-        FLAGS.batch_size,
+        FLAGS.decode_batch_size,
         FLAGS.output_dir,
         FLAGS.length_alpha,
     )
@@ -312,13 +330,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.define_job_dir()
-    cli.define_decoding()
-    flags.adopt_module_key_flags(cli)
-    flags.DEFINE_string("data_dir", "", "Preprocessed data; default: the one trained on.")
-    flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to caption and score.")
-    flags.DEFINE_integer("batch_size", 32, "Images per decoding batch.", lower_bound=1)
-    flags.DEFINE_string(
-        "output_dir", "", "Where metrics.json and captions.jsonl go; default JOB_DIR/eval_SPLIT."
-    )
+    define_flags()
     app.run(main)

@@ -43,21 +43,8 @@ KINDS = tuple(itertools.product(sample_scenes.COLORS, sample_scenes.SHAPES))
 TARGETS = 4
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Output dir of preprocess.run over the sample scenes.")
-flags.DEFINE_string("scenes", None, "The sample's scenes.json (or the directory holding it).")
-flags.DEFINE_string("output", "encoder.weights.h5", "Where to write the encoder's weights.")
-cli.define_job_dir()
 # Pretraining's own job dir unless --job_dir is given: never a captioner's.
 PRETRAIN_JOB_DIR = "jobs/pretrain"
-flags.DEFINE_integer("image_size", 64, "Square input size, pixels.")
-flags.DEFINE_integer("epochs", 20, "Passes over the train split.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1)
-flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay to 1%).")
-flags.DEFINE_integer("seed", 0, "Shuffle and initialisation seed.")
-flags.DEFINE_bool("flip", True, "Mirror half the training images (and x labels) at random.")
-flags.DEFINE_string(
-    "init_weights", "none", "Start from these encoder weights (a file, or none: random)."
-)
 
 
 def scene_targets(scene: dict) -> np.ndarray:
@@ -276,10 +263,27 @@ def pretrain(
     return figures
 
 
+@cli.command_flags
+def define_flags() -> None:
+    cli.define_data_dir()  # Required here: preprocess.run's output over other sample scenes.
+    flags.DEFINE_string("scenes", None, "The sample's scenes.json (or the directory holding it).")
+    flags.DEFINE_string("output", "encoder.weights.h5", "Where to write the encoder's weights.")
+    cli.define_job_dir()
+    flags.DEFINE_integer("image_size", 64, "Square input size, pixels.")
+    flags.DEFINE_integer("epochs", 20, "Passes over the train split.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay to 1%).")
+    flags.DEFINE_integer("seed", 0, "Shuffle and initialisation seed.")
+    flags.DEFINE_bool("flip", True, "Mirror half the training images (and x labels) at random.")
+    flags.DEFINE_string(
+        "init_weights", "none", "Start from these encoder weights (a file, or none: random)."
+    )
+
+
 def main(argv: list[str]) -> None:
     del argv
     for name in ("data_dir", "scenes"):
-        if not getattr(FLAGS, name):
+        if not FLAGS[name].present:
             raise app.UsageError(f"--{name} is required")
     figures = pretrain(
         FLAGS.data_dir,
@@ -299,4 +303,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

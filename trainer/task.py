@@ -20,124 +20,127 @@ import sys
 
 from absl import app, flags, logging
 
-from preprocess import records
 from trainer import cli, data, distribute, model, train
 from trainer.config import LR_SCHEDULES
 
 FLAGS = flags.FLAGS
 defaults = train.TrainConfig(data_dir="", job_dir="")
 
-flags.DEFINE_string("data_dir", records.DEFAULT_DATA_DIR, "Output dir of preprocess.run.")
-cli.define_job_dir()
-cli.define_distribution()
-flags.DEFINE_enum(
-    "precision",
-    "auto",
-    list(distribute.PRECISIONS),
-    "Dtype policy; auto: mixed_float16 on GPU, float32 on CPU.",
-)
-flags.DEFINE_integer(
-    "epochs",
-    defaults.epochs,
-    "Total passes over the train split (a resumed run continues up to this).",
-    lower_bound=1,
-)
-flags.DEFINE_integer(
-    "batch_size", defaults.batch_size, "Global batch, split across replicas.", lower_bound=1
-)
-flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.")
-flags.DEFINE_enum(
-    "lr_schedule",
-    defaults.lr_schedule,
-    list(LR_SCHEDULES),
-    "constant, or cosine: decay to 1% of --learning_rate over all epochs' steps.",
-)
-flags.DEFINE_float("clipnorm", defaults.clipnorm, "Clip the global gradient norm; 0: off.")
-flags.DEFINE_integer(
-    "vocab_size", defaults.vocab_size, "Reserved tokens + most frequent words.", lower_bound=5
-)
-flags.DEFINE_integer(
-    "max_length", defaults.max_length, "Tokens per caption incl. <start>/<end>.", lower_bound=3
-)
-flags.DEFINE_integer("embedding_dim", defaults.embedding_dim, "Word and image feature size.")
-flags.DEFINE_integer("units", defaults.units, "GRU and attention units.")
-flags.DEFINE_integer(
-    "relation_layers",
-    defaults.relation_layers,
-    "Self-attention blocks over the image's locations before decoding; 0: none.",
-    lower_bound=0,
-)
-flags.DEFINE_integer(
-    "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
-)
-flags.DEFINE_enum(
-    "feature_layer",
-    defaults.feature_layer,
-    sorted(model.FEATURE_LAYERS),
-    "EfficientNetB0 map the decoder attends over: top (stride 32: 7x7 at 224 px) or block5 "
-    "(stride 16: 14x14 at 224 px, the grid of Show, Attend and Tell).",
-)
-flags.DEFINE_string(
-    "encoder_weights",
-    defaults.encoder_weights,
-    "imagenet | noisy-student | "
-    "none | PATH of an EfficientNetB0 notop .h5 (offline: none or a path).",
-)
-flags.DEFINE_bool(
-    "train_encoder",
-    defaults.train_encoder,
-    "Fine-tune EfficientNet too (reads images every epoch; BatchNorm trains).",
-)
-flags.DEFINE_bool(
-    "cache_features",
-    defaults.cache_features,
-    "Compute the frozen encoder's features once and reuse them every epoch.",
-)
-flags.DEFINE_enum(
-    "caption_sampling",
-    defaults.caption_sampling,
-    ["first", "random", "all"],
-    "Which caption of an example trains: first, one at random, or all.",
-)
-flags.DEFINE_bool(
-    "mirror",
-    defaults.mirror,
-    "Mirror half the training pairs left-right, swapping 'left' and 'right' in the caption "
-    "(with the feature cache: each train image is encoded twice, once).",
-)
-flags.DEFINE_float(
-    "attention_reg",
-    defaults.attention_reg,
-    "Doubly stochastic attention regularisation weight (Show, Attend and Tell); 0: off.",
-    lower_bound=0.0,
-)
-flags.DEFINE_bool(
-    "jit_compile",
-    defaults.jit_compile,
-    "XLA-compile the train step. Default: on when it reads cached features, off when it runs "
-    "the encoder (--train_encoder or --nocache_features); BENCHMARKS.md says why.",
-)
-flags.DEFINE_integer("seed", defaults.seed, "Shuffling and initialisation seed.")
-flags.DEFINE_bool(
-    "deterministic",
-    defaults.deterministic,
-    "Deterministic ops (slower): resumed runs then equal uninterrupted ones bit for bit.",
-)
-flags.DEFINE_integer(
-    "checkpoint_every_steps", 0, "Also checkpoint every N steps; 0: per epoch.", lower_bound=0
-)
-flags.DEFINE_integer(
-    "max_steps", 0, "Stop after this many steps in all; 0: no limit.", lower_bound=0
-)
-flags.DEFINE_integer(
-    "sample_captions",
-    defaults.sample_captions,
-    "Validation captions logged each epoch.",
-    lower_bound=0,
-)
-flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after training.")
-cli.define_decoding()
-flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
+
+@cli.command_flags
+def define_flags() -> None:
+    cli.define_data_dir()
+    cli.define_job_dir()
+    cli.define_distribution()
+    flags.DEFINE_enum(
+        "precision",
+        "auto",
+        list(distribute.PRECISIONS),
+        "Dtype policy; auto: mixed_float16 on GPU, float32 on CPU.",
+    )
+    flags.DEFINE_integer(
+        "epochs",
+        defaults.epochs,
+        "Total passes over the train split (a resumed run continues up to this).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "batch_size", defaults.batch_size, "Global batch, split across replicas.", lower_bound=1
+    )
+    flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.")
+    flags.DEFINE_enum(
+        "lr_schedule",
+        defaults.lr_schedule,
+        list(LR_SCHEDULES),
+        "constant, or cosine: decay to 1% of --learning_rate over all epochs' steps.",
+    )
+    flags.DEFINE_float("clipnorm", defaults.clipnorm, "Clip the global gradient norm; 0: off.")
+    flags.DEFINE_integer(
+        "vocab_size", defaults.vocab_size, "Reserved tokens + most frequent words.", lower_bound=5
+    )
+    flags.DEFINE_integer(
+        "max_length", defaults.max_length, "Tokens per caption incl. <start>/<end>.", lower_bound=3
+    )
+    flags.DEFINE_integer("embedding_dim", defaults.embedding_dim, "Word and image feature size.")
+    flags.DEFINE_integer("units", defaults.units, "GRU and attention units.")
+    flags.DEFINE_integer(
+        "relation_layers",
+        defaults.relation_layers,
+        "Self-attention blocks over the image's locations before decoding; 0: none.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
+    )
+    flags.DEFINE_enum(
+        "feature_layer",
+        defaults.feature_layer,
+        sorted(model.FEATURE_LAYERS),
+        "EfficientNetB0 map the decoder attends over: top (stride 32: 7x7 at 224 px) or block5 "
+        "(stride 16: 14x14 at 224 px, the grid of Show, Attend and Tell).",
+    )
+    flags.DEFINE_string(
+        "encoder_weights",
+        defaults.encoder_weights,
+        "imagenet | noisy-student | "
+        "none | PATH of an EfficientNetB0 notop .h5 (offline: none or a path).",
+    )
+    flags.DEFINE_bool(
+        "train_encoder",
+        defaults.train_encoder,
+        "Fine-tune EfficientNet too (reads images every epoch; BatchNorm trains).",
+    )
+    flags.DEFINE_bool(
+        "cache_features",
+        defaults.cache_features,
+        "Compute the frozen encoder's features once and reuse them every epoch.",
+    )
+    flags.DEFINE_enum(
+        "caption_sampling",
+        defaults.caption_sampling,
+        ["first", "random", "all"],
+        "Which caption of an example trains: first, one at random, or all.",
+    )
+    flags.DEFINE_bool(
+        "mirror",
+        defaults.mirror,
+        "Mirror half the training pairs left-right, swapping 'left' and 'right' in the caption "
+        "(with the feature cache: each train image is encoded twice, once).",
+    )
+    flags.DEFINE_float(
+        "attention_reg",
+        defaults.attention_reg,
+        "Doubly stochastic attention regularisation weight (Show, Attend and Tell); 0: off.",
+        lower_bound=0.0,
+    )
+    flags.DEFINE_bool(
+        "jit_compile",
+        defaults.jit_compile,
+        "XLA-compile the train step. Default: on when it reads cached features, off when it runs "
+        "the encoder (--train_encoder or --nocache_features); BENCHMARKS.md says why.",
+    )
+    flags.DEFINE_integer("seed", defaults.seed, "Shuffling and initialisation seed.")
+    flags.DEFINE_bool(
+        "deterministic",
+        defaults.deterministic,
+        "Deterministic ops (slower): resumed runs then equal uninterrupted ones bit for bit.",
+    )
+    flags.DEFINE_integer(
+        "checkpoint_every_steps", 0, "Also checkpoint every N steps; 0: per epoch.", lower_bound=0
+    )
+    flags.DEFINE_integer(
+        "max_steps", 0, "Stop after this many steps in all; 0: no limit.", lower_bound=0
+    )
+    flags.DEFINE_integer(
+        "sample_captions",
+        defaults.sample_captions,
+        "Validation captions logged each epoch.",
+        lower_bound=0,
+    )
+    flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after training.")
+    cli.define_decoding()
+    cli.define_decode_batch_size()
+    flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
 
 
 def main(argv):
@@ -150,14 +153,19 @@ def main(argv):
         sys.exit(f"trainer.task: error: {error}")
 
 
+def config_from_flags(**overrides) -> train.TrainConfig:
+    """The TrainConfig of the parsed flags (see define_flags), with `overrides` on top."""
+    names = {field.name for field in dataclasses.fields(train.TrainConfig)}
+    return train.TrainConfig(**{**{name: FLAGS[name].value for name in names}, **overrides})
+
+
 def train_and_evaluate() -> tuple | None:
     """Train from flags, then (on the chief) evaluate the live model on the test split.
 
     Returns (model, tokens, config) on the chief, for a caller that goes on (serving.workflow
     exports it); None on other workers.
     """
-    names = {field.name for field in dataclasses.fields(train.TrainConfig)}
-    config = train.TrainConfig(**{name: FLAGS[name].value for name in names})
+    config = config_from_flags()
     trained_model, tokens, metrics = train.train_model(config)
     logging.info("training done at step %d", metrics["step"])
     if not metrics["chief"]:
@@ -168,6 +176,7 @@ def train_and_evaluate() -> tuple | None:
         scores = evaluate.evaluate(
             config.job_dir,
             beam_size=FLAGS.beam_size,
+            batch_size=FLAGS.decode_batch_size,
             length_alpha=FLAGS.length_alpha,
             restored=(trained_model, tokens, config),
         )
@@ -176,4 +185,5 @@ def train_and_evaluate() -> tuple | None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -127,18 +127,8 @@ def train(config: TrainConfig) -> dict:
 
 def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
     """`train`, returning the trained model and its token table with the metrics."""
-    # Devices, strategy and precision ------------------------------------------------------
-    strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
-    precision = distribute.select_precision(config.precision)
-    replicas = strategy.num_replicas_in_sync
-    print(f"strategy: {distribute.describe(strategy)}; precision: {precision}", flush=True)
-    _check_config(config, replicas)
-    if config.deterministic:
-        keras.utils.set_random_seed(config.seed)
-        tf.config.experimental.enable_op_determinism()
+    strategy = _strategy(config)
     chief = distribute.is_chief(strategy)
-
-    # Data ------------------------------------------------------------------------------------
     manifest = data.load_manifest(config.data_dir)
     tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
     steps_per_epoch = _steps_per_epoch(config, manifest)
@@ -147,61 +137,127 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
         total_steps = min(total_steps, config.max_steps)
     identity = _config_identity(config, manifest, tokens)
     job.check_resume(config.job_dir, identity)
-    tokenizer = data.Tokenizer(tokens, config.max_length)
-    val_files = data.shard_files(config.data_dir, "val") if manifest.examples("val") else []
 
-    # Model, optimizer, checkpoint ------------------------------------------------------------
     with strategy.scope():
         model = build_model(config, len(tokens))
         optimizer = steps.make_optimizer(config)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    manager, restored = _checkpoint_manager(config, strategy, model, optimizer, step)
+    if chief:
+        _write_job(config, strategy, manifest, identity, tokens)
+    loop = _Loop(
+        config, strategy, model, optimizer, step, manager, data.Tokenizer(tokens, config.max_length)
+    )
+    loop.prepare_inputs(manifest, restored)
+
+    history: list[dict] = []
+    while int(step.numpy()) < total_steps:
+        epoch, skip = divmod(int(step.numpy()), steps_per_epoch)
+        print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
+        history.append(loop.run_epoch(epoch, skip, steps_per_epoch, total_steps))
+        print(json.dumps(history[-1]), flush=True)
+    if not chief:
+        shutil.rmtree(manager.directory, ignore_errors=True)
+
+    metrics = {"step": int(step.numpy()), "history": history, "val": loop.val_metrics}
+    metrics["chief"] = chief
+    if chief:
+        with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
+            json.dump(metrics, out, indent=2)
+    return model, tokens, metrics
+
+
+def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    """The strategy and precision policy the run uses (printed), and determinism if asked."""
+    strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
+    precision = distribute.select_precision(config.precision)
+    print(f"strategy: {distribute.describe(strategy)}; precision: {precision}", flush=True)
+    _check_config(config, strategy.num_replicas_in_sync)
+    if config.deterministic:
+        keras.utils.set_random_seed(config.seed)
+        tf.config.experimental.enable_op_determinism()
+    return strategy
+
+
+def _checkpoint_manager(config: TrainConfig, strategy, model, optimizer, step):
+    """(CheckpointManager, whether a checkpoint was restored), after restoring the latest.
+
+    Every worker restores the chief's latest checkpoint, so all resume at the same step with
+    the same weights; every worker must also save (collective ops), but only the chief's copy
+    lasts: the others write to temporary dirs.
+    """
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
     checkpoint_dir = job.checkpoint_dir(config.job_dir)
-    # Every worker restores the chief's latest checkpoint, so all resume at the same step with
-    # the same weights; every worker must also save (collective ops), but only the chief's
-    # copy lasts: the others write to temporary dirs.
     restored_from = tf.train.latest_checkpoint(checkpoint_dir)
-    if not chief:
+    if not distribute.is_chief(strategy):
         checkpoint_dir = tempfile.mkdtemp(prefix=f"worker{distribute.worker_id(strategy)}-")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
     if restored_from:
         checkpoint.restore(restored_from).assert_existing_objects_matched()
         print(f"resumed from {restored_from} at step {int(step.numpy())}", flush=True)
-    if chief:
-        record = {"flags": dataclasses.asdict(config), "identity": identity}
-        record["manifest"] = {
-            "counts": manifest.counts,
-            "splits": manifest.splits,
-            "vocab": manifest.vocab,
-        }
-        record.update(strategy=distribute.describe(strategy), precision=precision)
-        record["jit_compile"] = step_jit_compile(config)
-        job.write_config(config.job_dir, record)
-        job.write_tokens(config.job_dir, tokens)  # The job dir stands alone.
+    return manager, bool(restored_from)
 
-    train_files = data.shard_files(config.data_dir, "train")
-    if not restored_from and config.encoder_weights in ("none", ""):
-        calibrated = calibrate_encoder(model, tokenizer, config, train_files)
-        print(f"calibrated the random encoder's BatchNorm statistics on {calibrated} batches")
 
-    # Feature cache: the frozen encoder runs once per image, not once per epoch ---------------
-    # Workers other than the chief cache privately: two writers must not share files.
-    cache_root = "" if chief else os.path.join(checkpoint_dir, "feature_cache")
-    train_files, val_files, source = _inputs(model, config, train_files, val_files, cache_root)
+def _write_job(config: TrainConfig, strategy, manifest, identity: dict, tokens: list[str]):
+    """config.json (flags, identity, the data it read, strategy) and the token table."""
+    record = {"flags": dataclasses.asdict(config), "identity": identity}
+    record["manifest"] = {
+        "counts": manifest.counts,
+        "splits": manifest.splits,
+        "vocab": manifest.vocab,
+    }
+    record["strategy"] = distribute.describe(strategy)
+    record["precision"] = distribute.select_precision(config.precision)
+    record["jit_compile"] = step_jit_compile(config)
+    job.write_config(config.job_dir, record)
+    job.write_tokens(config.job_dir, tokens)  # The job dir stands alone.
 
-    def epoch_dataset(epoch: int, files: list[str], shuffle: bool, drop: bool):
+
+class _Loop:
+    """One run's epochs: its inputs, step functions and summary writers."""
+
+    def __init__(self, config, strategy, model, optimizer, step, manager, tokenizer):
+        self.config, self.strategy, self.model = config, strategy, model
+        self.optimizer, self.step, self.manager = optimizer, step, manager
+        self.tokenizer = tokenizer
+        self.val_metrics: dict = {}
+        jit_compile = step_jit_compile(config)
+        print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
+        self.train_step, self.eval_step, _ = steps.make_step_functions(
+            model, optimizer, strategy, config.batch_size, config.attention_reg, jit_compile
+        )
+        chief = distribute.is_chief(strategy)
+        self.train_writer = _summary_writer(config.job_dir, "train", chief)
+        self.val_writer = _summary_writer(config.job_dir, "val", chief)
+
+    def prepare_inputs(self, manifest: records.Manifest, restored: bool) -> None:
+        """Shards (or their cached features), after calibrating a random encoder's BatchNorm."""
+        config = self.config
+        train_files = data.shard_files(config.data_dir, "train")
+        val_files = data.shard_files(config.data_dir, "val") if manifest.examples("val") else []
+        if not restored and config.encoder_weights in ("none", ""):
+            calibrated = calibrate_encoder(self.model, self.tokenizer, config, train_files)
+            print(f"calibrated the random encoder's BatchNorm statistics on {calibrated} batches")
+        # Workers other than the chief cache privately: two writers must not share files.
+        chief = distribute.is_chief(self.strategy)
+        cache_root = "" if chief else os.path.join(self.manager.directory, "feature_cache")
+        self.train_files, self.val_files, self.source = _inputs(
+            self.model, config, train_files, val_files, cache_root
+        )
+
+    def dataset(self, epoch: int, files: list[str], shuffle: bool, drop: bool):
+        config = self.config
+
         def dataset_fn(input_context=None):
-            batch = (
-                input_context.get_per_replica_batch_size(config.batch_size)
-                if input_context
-                else config.batch_size
-            )
+            batch = config.batch_size
+            if input_context:
+                batch = input_context.get_per_replica_batch_size(config.batch_size)
             return data.make_dataset(
                 files,
-                tokenizer,
+                self.tokenizer,
                 batch,
-                source,
+                self.source,
                 caption_sampling=config.caption_sampling if shuffle else "first",
                 shuffle=shuffle,
                 seed=config.seed * 1000 + epoch,
@@ -211,85 +267,75 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
 
         # The global batch is split across replicas in order: the same global batch gives the
         # same gradient on one device or many.
-        return strategy.experimental_distribute_dataset(dataset_fn())
+        return self.strategy.experimental_distribute_dataset(dataset_fn())
 
-    jit_compile = step_jit_compile(config)
-    print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
-    train_step, eval_step, _ = steps.make_step_functions(
-        model, optimizer, strategy, config.batch_size, config.attention_reg, jit_compile
-    )
-    train_writer = _summary_writer(config.job_dir, "train", chief)
-    val_writer = _summary_writer(config.job_dir, "val", chief)
-
-    # The loop ----------------------------------------------------------------------------------
-    # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
-    schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
-    history: list[dict] = []
-    val_metrics: dict = {}
-    while int(step.numpy()) < total_steps:
-        current = int(step.numpy())
-        epoch, skip = divmod(current, steps_per_epoch)
-        print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
+    def run_epoch(self, epoch: int, skip: int, steps_per_epoch: int, total_steps: int) -> dict:
+        """Train from step `skip` of `epoch` to its end (or `total_steps`), then validate."""
+        config = self.config
+        # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
+        schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
         # A log file gets one line per epoch, not one bar per step.
         progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
-        iterator = iter(epoch_dataset(epoch, train_files, shuffle=True, drop=True))
+        iterator = iter(self.dataset(epoch, self.train_files, shuffle=True, drop=True))
         for _ in range(skip):  # Resume mid-epoch at the very batch where the run stopped.
             next(iterator)
         losses, started = [], time.perf_counter()
+        current = int(self.step.numpy())
         for position in range(skip, steps_per_epoch):
             if current >= total_steps:
                 break
             learning_rate = float(schedule(current))
-            optimizer.learning_rate = learning_rate
-            loss, accuracy = train_step(next(iterator))
-            loss_value = float(loss.numpy())
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(
-                    f"loss became {loss_value} at step {current}; the last good "
-                    f"checkpoint in {checkpoint_dir} is kept. Lower --learning_rate or check "
-                    "the data."
-                )
-            current = int(step.assign_add(1).numpy())
-            losses.append(loss_value)
-            progress.update(position + 1, [("loss", loss_value), ("accuracy", float(accuracy))])
-            with train_writer.as_default(step=current):
-                tf.summary.scalar("loss", loss_value)
-                tf.summary.scalar("token_accuracy", float(accuracy))
-                tf.summary.scalar("learning_rate", learning_rate)
-            every = config.checkpoint_every_steps
-            if every and current % every == 0:
-                save_checkpoint(manager, model, current)
+            loss, accuracy = self.train_one(next(iterator), current, learning_rate)
+            current = int(self.step.numpy())
+            losses.append(loss)
+            progress.update(position + 1, [("loss", loss), ("accuracy", accuracy)])
         seconds = time.perf_counter() - started
-        save_checkpoint(manager, model, current)
-        images_per_second = len(losses) * config.batch_size / max(seconds, 1e-9)
-        epoch_record = {"epoch": epoch + 1, "step": current}
-        epoch_record["train_loss"] = float(np.mean(losses)) if losses else None
-        epoch_record["images_per_second"] = images_per_second
-        if val_files:
-            val_metrics = evaluate_loss(
-                eval_step, epoch_dataset(0, val_files, shuffle=False, drop=False)
+        save_checkpoint(self.manager, self.model, current)
+        record = {"epoch": epoch + 1, "step": current}
+        record["train_loss"] = float(np.mean(losses)) if losses else None
+        record["images_per_second"] = len(losses) * config.batch_size / max(seconds, 1e-9)
+        with self.train_writer.as_default(step=current):
+            tf.summary.scalar("images_per_second", record["images_per_second"])
+        record.update(self.validate(current))
+        return record
+
+    def train_one(self, batch, current: int, learning_rate: float) -> tuple[float, float]:
+        """One step at `learning_rate`: (loss, token accuracy); logs and checkpoints."""
+        self.optimizer.learning_rate = learning_rate
+        loss, accuracy = self.train_step(batch)
+        loss, accuracy = float(loss.numpy()), float(accuracy)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss} at step {current}; the last good checkpoint in "
+                f"{self.manager.directory} is kept. Lower --learning_rate or check the data."
             )
-            epoch_record.update({f"val_{key}": value for key, value in val_metrics.items()})
-        with train_writer.as_default(step=current):
-            tf.summary.scalar("images_per_second", images_per_second)
-        with val_writer.as_default(step=current):
-            for key, value in val_metrics.items():
+        current = int(self.step.assign_add(1).numpy())
+        with self.train_writer.as_default(step=current):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("token_accuracy", accuracy)
+            tf.summary.scalar("learning_rate", learning_rate)
+        every = self.config.checkpoint_every_steps
+        if every and current % every == 0:
+            save_checkpoint(self.manager, self.model, current)
+        return loss, accuracy
+
+    def validate(self, current: int) -> dict:
+        """Validation loss and token accuracy (and sample captions), as `val_*` keys."""
+        if not self.val_files:
+            return {}
+        val_data = self.dataset(0, self.val_files, shuffle=False, drop=False)
+        self.val_metrics = evaluate_loss(self.eval_step, val_data)
+        with self.val_writer.as_default(step=current):
+            for key, value in self.val_metrics.items():
                 tf.summary.scalar(key, value)
-            if val_files and config.sample_captions:
-                samples = sample_captions(model, tokenizer, config, val_files, source)
+            if self.config.sample_captions:
+                samples = sample_captions(
+                    self.model, self.tokenizer, self.config, self.val_files, self.source
+                )
                 tf.summary.text("sample_captions", "\n\n".join(samples))
                 for sample in samples:
                     print(f"  {sample}", flush=True)
-        history.append(epoch_record)
-        print(json.dumps(epoch_record), flush=True)
-    if not chief:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    metrics = {"step": int(step.numpy()), "history": history, "val": val_metrics, "chief": chief}
-    if chief:
-        with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
-            json.dump(metrics, out, indent=2)
-    return model, tokens, metrics
+        return {f"val_{key}": value for key, value in self.val_metrics.items()}
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> None:
