@@ -6,7 +6,7 @@ For each batch size, `serving_default` of a SavedModel written by serving/export
 model's sizes: 224 px, vocabulary 5000, beam 3, random weights that never emit <end>, so every
 caption runs all steps) is called on batches of 500×375 JPEG photos for `--seconds`, in
 `--rounds` interleaved rounds; each size's best round gives images/s and its latency per batch.
-value: images/s at export.BATCHING's max_batch_size. baseline: images/s at batch 1 (what TF
+value: images/s at tf_serving.BATCHING's max_batch_size. baseline: images/s at batch 1 (what TF
 Serving does without batching), in the same run. The table (`sweep`) is what BATCHING was
 chosen from: the largest batch before images/s stops rising (within `--plateau`), the timeout a
 fraction of that batch's latency. The last line printed is one JSON object.
@@ -27,7 +27,8 @@ import tensorflow as tf  # noqa: E402
 from serving_throughput import build_model, draw_jpegs, synthetic_vocab  # noqa: E402
 
 from bench._report import report  # noqa: E402
-from serving.export import BATCHING, CaptionModule, export_module  # noqa: E402
+from serving.export import CaptionModule, export_module  # noqa: E402
+from serving.tf_serving import BATCHING  # noqa: E402
 from trainer import job  # noqa: E402
 
 
@@ -85,7 +86,7 @@ def main() -> None:
         {
             "bench": "serving_batching",
             "value": value,
-            "unit": f"images/s at batch {chosen} (export.BATCHING's max_batch_size)",
+            "unit": f"images/s at batch {chosen} (tf_serving.BATCHING's max_batch_size)",
             "baseline": baseline,
             "ratio": round(value / baseline, 3),
             "sweep": {str(size): figures for size, figures in sweep.items()},

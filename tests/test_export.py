@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import fresh_process_json
 
 from preprocess import records, text
-from serving import export
+from serving import export, tf_serving
 from trainer import evaluate
 
 FRESH_PROCESS = """
@@ -59,7 +59,7 @@ def test_export_layout_assets_and_models_config(exported):
     assert tuple(table[: len(text.RESERVED_TOKENS)]) == text.RESERVED_TOKENS
     config = open(os.path.join(os.path.dirname(os.path.dirname(exported)), "models.config")).read()
     assert 'name: "captioner"' in config and 'base_path: "/models/captioner"' in config
-    assert export.next_version(os.path.dirname(exported)) == 2
+    assert tf_serving.next_version(os.path.dirname(exported)) == 2
 
 
 def test_vocab_asset_is_the_id_table_that_maps_the_served_tokens_back(
@@ -232,58 +232,10 @@ def test_warmup_requests_parse_and_replay_on_every_signature(exported_beam3):
     assert replayed == set(signatures)
 
 
-def batching_parameters_class():
-    """TF Serving's BatchingParameters (session_bundle_config.proto), built from its field names
-    and types; the tensorflow-serving-api wheel does not ship it."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    file_proto = descriptor_pb2.FileDescriptorProto(
-        name="batching_test.proto",
-        package="tensorflow.serving",
-        dependency=["google/protobuf/wrappers.proto"],
-        syntax="proto3",
-    )
-    message = file_proto.message_type.add(name="BatchingParameters")
-    field = descriptor_pb2.FieldDescriptorProto
-    wrapped = {
-        "max_batch_size": (1, ".google.protobuf.Int64Value"),
-        "batch_timeout_micros": (2, ".google.protobuf.Int64Value"),
-        "max_enqueued_batches": (3, ".google.protobuf.Int64Value"),
-        "num_batch_threads": (4, ".google.protobuf.Int64Value"),
-        "thread_pool_name": (5, ".google.protobuf.StringValue"),
-        "pad_variable_length_inputs": (7, ".google.protobuf.BoolValue"),
-    }
-    for name, (number, type_name) in wrapped.items():
-        message.field.add(
-            name=name,
-            number=number,
-            type=field.TYPE_MESSAGE,
-            type_name=type_name,
-            label=field.LABEL_OPTIONAL,
-        )
-    message.field.add(
-        name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED
-    )
-    pool.Add(file_proto)
-    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    return message_factory.GetMessageClass(descriptor)
-
-
-def test_batching_parameters_are_tf_servings_text_format(exported_beam3):
-    from google.protobuf import text_format
-
-    path = os.path.join(os.path.dirname(os.path.dirname(exported_beam3)), "batching_parameters.txt")
-    parameters = text_format.Parse(open(path).read(), batching_parameters_class()())
-    assert parameters.max_batch_size.value == export.BATCHING["max_batch_size"]
-    assert parameters.num_batch_threads.value >= 1 and parameters.batch_timeout_micros.value > 0
-    sizes = list(parameters.allowed_batch_sizes)
-    assert sizes == sorted(sizes) and sizes[-1] == parameters.max_batch_size.value
-    with pytest.raises(text_format.ParseError):  # Unknown fields fail: the check is real.
-        text_format.Parse("max_batch_size: 32\n", batching_parameters_class()())
+def test_batching_parameters_are_written_beside_the_versions(exported_beam3, tmp_path):
+    export_dir = os.path.dirname(os.path.dirname(exported_beam3))
+    written = open(os.path.join(export_dir, tf_serving.BATCHING_FILENAME)).read()
+    assert written == open(tf_serving.write_batching_parameters(str(tmp_path))).read()
 
 
 def test_saved_model_cli_runs_caption_nbest(exported_beam3, split_images, tmp_path):
