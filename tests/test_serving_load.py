@@ -6,31 +6,19 @@ benchmark put the same load on the model; here the model is the trained tiny job
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import os
 
 import pytest
 import tensorflow as tf
 from conftest import draw
 from PIL import Image
 
+from bench import serving_load as bench
 from serving import export
 
 THREADS = 8
 WARMUP_REQUESTS = 200
 LOAD_REQUESTS = 2400
-
-
-def _load_bench():
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench", "serving_load.py")
-    spec = importlib.util.spec_from_file_location("serving_load_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 
 def good_images() -> dict[str, bytes]:
