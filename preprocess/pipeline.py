@@ -107,7 +107,7 @@ class AssignSplitAndCaptions(beam.DoFn):
             "image": image["image"],
             "height": image["height"],
             "width": image["width"],
-            "captions": [text.normalize(row.caption) for row in kept],
+            "captions": [row.caption for row in kept],  # Normalised by the reader.
             "captions_dropped": len(rows) - len(kept),
         }
 

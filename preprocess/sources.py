@@ -34,7 +34,8 @@ _NUMBER_THEN_CAPTION = re.compile(r"^\s*(\d+)\s+(\S.*)$")
 
 
 class CaptionRow(NamedTuple):
-    """One caption of one image: its row in the input, the raw text and the split, if given."""
+    """One caption of one image: its row in the input, its normalised text (preprocess/text.py,
+    the one normalisation) and the split, if given."""
 
     row: int
     caption: str
@@ -145,7 +146,7 @@ def _caption_row(row: int, image: str, caption: str) -> tuple[str, CaptionRow] |
     reason = _caption_reject_reason(caption)
     if reason:
         return reject(row, image, reason)
-    return image, CaptionRow(row, caption)
+    return image, CaptionRow(row, text.normalize(caption))
 
 
 def parse_flickr8k_line(row: int, line: str) -> tuple[str, CaptionRow] | dict:
@@ -203,7 +204,7 @@ def parse_karpathy_row(
     reason = _caption_reject_reason(caption)
     if reason:
         return reject(row, image, reason)
-    return image, CaptionRow(row, caption, KARPATHY_SPLITS[split])
+    return image, CaptionRow(row, text.normalize(caption), KARPATHY_SPLITS[split])
 
 
 _PARSERS = {

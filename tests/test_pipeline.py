@@ -374,8 +374,8 @@ def test_train_keeps_first_caption_unless_all_and_val_test_keep_all(
         "height": 1,
         "width": 1,
         "rows": [
-            CaptionRow(1, "First one.", given_split),
-            CaptionRow(2, "Second, one!", given_split),
+            CaptionRow(1, "first one", given_split),
+            CaptionRow(2, "second one", given_split),
         ],
     }
     with test_pipeline.TestPipeline() as beam_pipeline:

@@ -24,14 +24,14 @@ bad_row_without_any_separator
 def test_kaggle_row_is_parsed():
     assert sources.parse_kaggle_line(2, "1.jpg| 0| A dog runs .") == (
         "1.jpg",
-        CaptionRow(2, "A dog runs ."),
+        CaptionRow(2, "a dog runs"),
     )
 
 
 def test_missing_separator_row_with_number_and_caption_is_recovered():
     assert sources.parse_kaggle_line(9, "2199200615.jpg| 4   A dog runs across the grass .") == (
         "2199200615.jpg",
-        CaptionRow(9, "A dog runs across the grass ."),
+        CaptionRow(9, "a dog runs across the grass"),
     )
 
 
@@ -58,10 +58,10 @@ def test_empty_and_too_long_captions_are_rejected():
 def test_flickr8k_quoted_caption_keeps_its_commas():
     assert sources.parse_flickr8k_line(4, 'a.jpg,"A dog, a ball , and grass ."') == (
         "a.jpg",
-        CaptionRow(4, "A dog, a ball , and grass ."),
+        CaptionRow(4, "a dog a ball and grass"),
     )
     assert sources.parse_flickr8k_line(5, "a.jpg,A dog, unquoted .")[1].caption == (
-        "A dog, unquoted ."
+        "a dog unquoted"
     )
     assert sources.parse_flickr8k_line(6, "a.jpg")["reason"] == records.REASON_NO_SEPARATOR
 
@@ -78,8 +78,8 @@ def test_karpathy_split_comes_from_the_file_and_restval_is_train(tmp_path):
     path.write_text(json.dumps(dataset))
     parsed = [sources.parse_karpathy_row(row) for row in sources.read_karpathy(str(path))]
     assert parsed == [
-        ("a.jpg", CaptionRow(1, "A cat .", "train")),
-        ("b.jpg", CaptionRow(2, "A b .", "test")),
+        ("a.jpg", CaptionRow(1, "a cat", "train")),
+        ("b.jpg", CaptionRow(2, "a b", "test")),
         sources.reject(3, "b.jpg", records.REASON_EMPTY_CAPTION),
         sources.reject(4, "c.jpg", records.REASON_UNKNOWN_SPLIT),
     ]
@@ -125,10 +125,10 @@ def test_kaggle_file_reads_in_parallel_with_rejects_tagged(tmp_path):
                 [
                     (
                         "1000092795.jpg",
-                        CaptionRow(2, "Two young guys with shaggy hair look at their hands ."),
+                        CaptionRow(2, "two young guys with shaggy hair look at their hands"),
                     ),
-                    ("1000092795.jpg", CaptionRow(3, "Two friends enjoy time spent together .")),
-                    ("2199200615.jpg", CaptionRow(5, "A dog runs across the grass .")),
+                    ("1000092795.jpg", CaptionRow(3, "two friends enjoy time spent together")),
+                    ("2199200615.jpg", CaptionRow(5, "a dog runs across the grass")),
                 ]
             ),
             label="Rows",
