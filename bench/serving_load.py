@@ -277,7 +277,7 @@ def export_random_model(work_dir: str, image_size: int, vocab_size: int, max_len
     model = Captioner(
         vocab_size, embedding_dim=64, units=128, image_size=image_size, encoder_weights="none"
     )
-    model.build_all(max_length)
+    model.build_all()
     vocab_path = job.write_tokens(work_dir, tokens)
     module = CaptionModule(model, tokens, max_length, 1, vocab_path)
     return export_module(module, os.path.join(work_dir, "captioner", "1"))

@@ -78,7 +78,7 @@ def synthetic_vocab(size: int) -> list[str]:
 def build_model(vocab_size: int, max_length: int, seed: int = 0) -> Captioner:
     keras.utils.set_random_seed(seed)
     model = Captioner(vocab_size, image_size=IMAGE_SIZE, encoder_weights="none")
-    model.build_all(max_length)
+    model.build_all()
     bias = model.fc2.bias.numpy()
     bias[text.END_ID] = NEVER_END_BIAS  # Both sides decode every step: equal work.
     model.fc2.bias.assign(bias)

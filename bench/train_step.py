@@ -103,7 +103,7 @@ def build(vocab: int, embedding_dim: int, units: int, max_length: int, seed: int
     model = Captioner(
         vocab, embedding_dim=embedding_dim, units=units, image_size=224, encoder_weights="none"
     )
-    model.build_all(max_length)
+    model.build_all()
     return model
 
 

@@ -109,7 +109,7 @@ def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0, **kwa
         encoder_weights="none",
         **kwargs,
     )
-    model.build_all(max_length=6)
+    model.build_all()
     return model
 
 

@@ -309,10 +309,13 @@ class Captioner(keras.Model):
         features, keys = self.prepare(cnn_features)
         return self.teacher_forced(features, keys, inputs["input_ids"])
 
-    def build_all(self, max_length: int) -> None:
-        """Create every weight by one call on a dummy batch (checkpoint restore needs them)."""
-        images = tf.zeros([1, self.image_size, self.image_size, 3], tf.uint8)
-        self({"image": images, "input_ids": tf.zeros([1, max_length - 1], tf.int32)})
+    def build_all(self) -> None:
+        """Create every weight (checkpoint restore needs them): the encoder has its own since
+        construction, so one decoder step on zero features builds the rest."""
+        layer = FEATURE_LAYERS[self.feature_layer]
+        locations = num_locations(self.image_size, self.feature_layer)
+        features = tf.zeros([1, locations, layer.channels])
+        self({"cnn_features": features, "input_ids": tf.zeros([1, 1], tf.int32)})
 
 
 def masked_loss_sum(

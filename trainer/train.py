@@ -63,7 +63,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
         relation_layers=config.relation_layers,
         feature_layer=config.feature_layer,
     )
-    model.build_all(config.max_length)
+    model.build_all()
     return model
 
 
