@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) -m serving.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 # Rebuilds the demo's shipped encoder weights (trainer/weights/README.md): an EfficientNetB0
 # pretrained from random weights on the labels of sample scenes of another seed than the demo's

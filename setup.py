@@ -28,7 +28,7 @@ setuptools.setup(
         "tensorboard>=2.16",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "ruff>=0.6"],
         "eval": ["pycocoevalcap>=1.2"],
         # TF Serving's request protos: the SavedModel's warm-up requests, gRPC clients.
         "serving": ["tensorflow-serving-api>=2.16"],
