@@ -55,41 +55,7 @@ def define_flags() -> None:
         "constant, or cosine: decay to 1% of --learning_rate over all epochs' steps.",
     )
     flags.DEFINE_float("clipnorm", defaults.clipnorm, "Clip the global gradient norm; 0: off.")
-    flags.DEFINE_integer(
-        "vocab_size", defaults.vocab_size, "Reserved tokens + most frequent words.", lower_bound=5
-    )
-    flags.DEFINE_integer(
-        "max_length", defaults.max_length, "Tokens per caption incl. <start>/<end>.", lower_bound=3
-    )
-    flags.DEFINE_integer("embedding_dim", defaults.embedding_dim, "Word and image feature size.")
-    flags.DEFINE_integer("units", defaults.units, "GRU and attention units.")
-    flags.DEFINE_integer(
-        "relation_layers",
-        defaults.relation_layers,
-        "Self-attention blocks over the image's locations before decoding; 0: none.",
-        lower_bound=0,
-    )
-    flags.DEFINE_integer(
-        "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
-    )
-    flags.DEFINE_enum(
-        "feature_layer",
-        defaults.feature_layer,
-        sorted(model.FEATURE_LAYERS),
-        "EfficientNetB0 map the decoder attends over: top (stride 32: 7x7 at 224 px) or block5 "
-        "(stride 16: 14x14 at 224 px, the grid of Show, Attend and Tell).",
-    )
-    flags.DEFINE_string(
-        "encoder_weights",
-        defaults.encoder_weights,
-        "imagenet | noisy-student | "
-        "none | PATH of an EfficientNetB0 notop .h5 (offline: none or a path).",
-    )
-    flags.DEFINE_bool(
-        "train_encoder",
-        defaults.train_encoder,
-        "Fine-tune EfficientNet too (reads images every epoch; BatchNorm trains).",
-    )
+    _define_model_flags()
     flags.DEFINE_bool(
         "cache_features",
         defaults.cache_features,
@@ -141,6 +107,45 @@ def define_flags() -> None:
     cli.define_decoding()
     cli.define_decode_batch_size()
     flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
+
+
+def _define_model_flags() -> None:
+    """The model's sizes and its encoder."""
+    flags.DEFINE_integer(
+        "vocab_size", defaults.vocab_size, "Reserved tokens + most frequent words.", lower_bound=5
+    )
+    flags.DEFINE_integer(
+        "max_length", defaults.max_length, "Tokens per caption incl. <start>/<end>.", lower_bound=3
+    )
+    flags.DEFINE_integer("embedding_dim", defaults.embedding_dim, "Word and image feature size.")
+    flags.DEFINE_integer("units", defaults.units, "GRU and attention units.")
+    flags.DEFINE_integer(
+        "relation_layers",
+        defaults.relation_layers,
+        "Self-attention blocks over the image's locations before decoding; 0: none.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
+    )
+    flags.DEFINE_enum(
+        "feature_layer",
+        defaults.feature_layer,
+        sorted(model.FEATURE_LAYERS),
+        "EfficientNetB0 map the decoder attends over: top (stride 32: 7x7 at 224 px) or block5 "
+        "(stride 16: 14x14 at 224 px, the grid of Show, Attend and Tell).",
+    )
+    flags.DEFINE_string(
+        "encoder_weights",
+        defaults.encoder_weights,
+        "imagenet | noisy-student | "
+        "none | PATH of an EfficientNetB0 notop .h5 (offline: none or a path).",
+    )
+    flags.DEFINE_bool(
+        "train_encoder",
+        defaults.train_encoder,
+        "Fine-tune EfficientNet too (reads images every epoch; BatchNorm trains).",
+    )
 
 
 def main(argv):
