@@ -10,6 +10,7 @@ per batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import tensorflow as tf
@@ -190,6 +191,65 @@ def _coins(draws: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
     return tf.equal(tf.bitwise.right_shift(draws, bits) % 2, 1)
 
 
+def _to_inputs(tokenizer: Tokenizer, source: Source, batch: dict) -> dict:
+    """A batch of (source, caption[, mirrored, filename, references]) → the model's inputs."""
+    ids = tokenizer.encode(batch["caption"])
+    mirrored = batch.get("mirrored")
+    if mirrored is not None:
+        ids = tf.where(mirrored[:, None], tokenizer.mirror(ids), ids)
+    inputs = source.inputs(batch["source"], mirrored)
+    inputs.update(input_ids=ids[:, :-1], target_ids=ids[:, 1:])
+    for key in ("filename", "references"):
+        if key in batch:
+            inputs[key] = batch[key]
+    return inputs
+
+
+def _every_caption(
+    spec: dict, source: Source, mirror: bool, example: dict, draw: tf.Tensor
+) -> tf.data.Dataset:
+    """One parsed record → one (source, caption) pair per caption."""
+    captions = example[records.CAPTION_TEXT]
+    repeats = tf.size(captions)
+    repeated = {
+        key: tf.repeat(example[key][None], repeats)
+        for key in (records.IMAGE_ENCODED, *CACHED_KEYS)
+        if key in spec
+    }
+    # One coin per caption from the bits of the image's 32-bit draw.
+    coins = _coins(draw, tf.range(tf.cast(repeats, tf.int64)) % 32) if mirror else None
+    slices = {"source": source.select(repeated, coins), "caption": captions}
+    if coins is not None:
+        slices["mirrored"] = coins
+    return tf.data.Dataset.from_tensor_slices(slices)
+
+
+def _pick_caption(
+    spec: dict,
+    source: Source,
+    first: bool,
+    mirror: bool,
+    keep_references: bool,
+    serialized: tf.Tensor,
+    draws: tf.Tensor,
+) -> dict:
+    """A batch of records → one caption each (the first or the drawn one)."""
+    examples = _parse(serialized, spec)
+    captions = examples[records.CAPTION_TEXT]  # Ragged [B, None].
+    counts = tf.maximum(tf.cast(captions.row_lengths(), tf.int64), 1)
+    index = tf.zeros_like(counts) if first else draws % counts
+    # The caption index uses the draw's low bits (draw % count); the coin its top bit.
+    coins = _coins(draws, 31) if mirror else None
+    picked = {"source": source.select(examples, coins)}
+    if coins is not None:
+        picked["mirrored"] = coins
+    picked["caption"] = tf.gather(captions.to_tensor(""), index, batch_dims=1)
+    if keep_references:
+        picked["filename"] = examples[records.IMAGE_FILENAME]
+        picked["references"] = tf.strings.reduce_join(captions, axis=-1, separator="\n")
+    return picked
+
+
 def make_dataset(
     files: list[str],
     tokenizer: Tokenizer,
@@ -215,66 +275,25 @@ def make_dataset(
     if caption_sampling not in CAPTION_SAMPLING:
         raise ValueError(f"--caption_sampling={caption_sampling}: choose {CAPTION_SAMPLING}")
     spec = source.spec(mirror)
-    dataset = _records(files, shuffle, seed, input_context)
-    draws = tf.data.Dataset.random(seed=seed)
-
-    def to_inputs(batch: dict) -> dict:
-        ids = tokenizer.encode(batch["caption"])
-        mirrored = batch.get("mirrored")
-        if mirrored is not None:
-            ids = tf.where(mirrored[:, None], tokenizer.mirror(ids), ids)
-        inputs = source.inputs(batch["source"], mirrored)
-        inputs.update(input_ids=ids[:, :-1], target_ids=ids[:, 1:])
-        for key in ("filename", "references"):
-            if key in batch:
-                inputs[key] = batch[key]
-        return inputs
-
+    dataset = tf.data.Dataset.zip(
+        _records(files, shuffle, seed, input_context), tf.data.Dataset.random(seed=seed)
+    )
+    to_inputs = functools.partial(_to_inputs, tokenizer, source)
     if caption_sampling == "all":
-
-        def every_caption(example: dict, draw: tf.Tensor) -> tf.data.Dataset:
-            captions = example[records.CAPTION_TEXT]
-            repeats = tf.size(captions)
-            repeated = {
-                key: tf.repeat(example[key][None], repeats)
-                for key in (records.IMAGE_ENCODED, *CACHED_KEYS)
-                if key in spec
-            }
-            # One coin per caption from the bits of the image's 32-bit draw.
-            coins = _coins(draw, tf.range(tf.cast(repeats, tf.int64)) % 32) if mirror else None
-            slices = {"source": source.select(repeated, coins), "caption": captions}
-            if coins is not None:
-                slices["mirrored"] = coins
-            return tf.data.Dataset.from_tensor_slices(slices)
-
-        dataset = dataset.map(lambda serialized: _parse(serialized, spec), AUTOTUNE)
-        dataset = tf.data.Dataset.zip(dataset, draws).flat_map(every_caption)
+        every = functools.partial(_every_caption, spec, source, mirror)
+        dataset = dataset.map(lambda serialized, draw: (_parse(serialized, spec), draw), AUTOTUNE)
+        dataset = dataset.flat_map(every)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).map(to_inputs, AUTOTUNE)
     else:
-
-        def pick(serialized: tf.Tensor, draws: tf.Tensor) -> dict:
-            """A batch of records → one caption each (the first or the drawn one)."""
-            examples = _parse(serialized, spec)
-            captions = examples[records.CAPTION_TEXT]  # Ragged [B, None].
-            counts = tf.maximum(tf.cast(captions.row_lengths(), tf.int64), 1)
-            index = tf.zeros_like(counts) if caption_sampling == "first" else draws % counts
-            # The caption index uses the draw's low bits (draw % count); the coin its top bit.
-            coins = _coins(draws, 31) if mirror else None
-            picked = {"source": source.select(examples, coins)}
-            if coins is not None:
-                picked["mirrored"] = coins
-            picked["caption"] = tf.gather(captions.to_tensor(""), index, batch_dims=1)
-            if keep_references:
-                picked["filename"] = examples[records.IMAGE_FILENAME]
-                picked["references"] = tf.strings.reduce_join(captions, axis=-1, separator="\n")
-            return to_inputs(picked)
-
         # Everything but the file reads and the shuffle runs once per batch: parse, pick a
         # caption, decode, tokenise. Per-element draws keep caption choices deterministic.
-        dataset = tf.data.Dataset.zip(dataset, draws).batch(
-            batch_size, drop_remainder=drop_remainder
+        pick = functools.partial(
+            _pick_caption, spec, source, caption_sampling == "first", mirror, keep_references
         )
-        dataset = dataset.map(pick, AUTOTUNE)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(
+            lambda serialized, draws: to_inputs(pick(serialized, draws)), AUTOTUNE
+        )
     options = tf.data.Options()
     # Files are sharded above when there are enough; otherwise each worker reads all files and
     # the distributed iterator splits batches.
