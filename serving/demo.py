@@ -61,25 +61,12 @@ def demo(
     DEMO_TRAINING)."""
     started = time.perf_counter()
     raw_dir = os.path.join(out_dir, "sample")
+    images_dir = os.path.join(raw_dir, sample_data.IMAGES_SUBDIR)
     data_dir = os.path.join(out_dir, "tfrecords")
     job_dir = os.path.join(out_dir, "job")
-    export_dir = os.path.join(out_dir, "exports")
 
     print(f"[1/5] sample data set ({images} scenes) and Beam preprocessing", flush=True)
-    images_dir = os.path.join(raw_dir, sample_data.IMAGES_SUBDIR)
-    captions_file = os.path.join(raw_dir, sample_data.CAPTIONS_FILENAME)
-    if not os.path.exists(captions_file):
-        sample_data.generate(raw_dir, images, seed=0)
-    preprocess_run.run(
-        [
-            "--runner=DirectRunner",
-            f"--images_dir={images_dir}",
-            f"--captions_file={captions_file}",
-            f"--output_dir={data_dir}",
-            "--captions=all",
-            "--overwrite",
-        ]
-    )
+    preprocess_sample(raw_dir, images, data_dir)
 
     print("[2/5] training", flush=True)
     config = train.TrainConfig(data_dir=data_dir, job_dir=job_dir, **(training or DEMO_TRAINING))
@@ -89,20 +76,54 @@ def demo(
     result = evaluate.evaluate(
         job_dir, split="test", beam_size=beam_size, length_alpha=length_alpha, restored=trained
     )
-    metrics = result["metrics"]
 
     print("[4/5] exporting the SavedModel", flush=True)
     version_dir = export.export(
-        job_dir, export_dir, beam_size=beam_size, length_alpha=length_alpha, restored=trained
+        job_dir,
+        os.path.join(out_dir, "exports"),
+        beam_size=beam_size,
+        length_alpha=length_alpha,
+        restored=trained,
     )
 
     print(f"[5/5] captioning the held-out original photos with {version_dir}", flush=True)
     scenes = sample_scenes.load_scenes(raw_dir)
     served = served_figures(version_dir, images_dir, result["rows"], scenes)
-    held_out = [os.path.join(images_dir, row["image"]) for row in result["rows"][:show]]
+    show_captions(version_dir, images_dir, result["rows"][:show], scenes, out_dir)
+    summary = summarise(result["metrics"], served, config, beam_size, length_alpha)
+    summary["minutes"] = round((time.perf_counter() - started) / 60, 2)
+    summary["export"] = version_dir
+    with open(os.path.join(out_dir, "demo_metrics.json"), "w") as out:
+        json.dump(summary, out, indent=2)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def preprocess_sample(raw_dir: str, images: int, data_dir: str) -> None:
+    """The sample scenes (generated unless present) through the Beam job, every caption kept."""
+    captions_file = os.path.join(raw_dir, sample_data.CAPTIONS_FILENAME)
+    if not os.path.exists(captions_file):
+        sample_data.generate(raw_dir, images, seed=0)
+    preprocess_run.run(
+        [
+            "--runner=DirectRunner",
+            f"--images_dir={os.path.join(raw_dir, sample_data.IMAGES_SUBDIR)}",
+            f"--captions_file={captions_file}",
+            f"--output_dir={data_dir}",
+            "--captions=all",
+            "--overwrite",
+        ]
+    )
+
+
+def show_captions(version_dir: str, images_dir: str, rows, scenes: dict, out_dir: str) -> None:
+    """A few held-out photos captioned by the SavedModel, each judged, with attention plots."""
     plots = os.path.join(out_dir, "attention")
     lines = predict.predict(
-        version_dir, held_out, output=os.path.join(out_dir, "captions.jsonl"), attention_plot=plots
+        version_dir,
+        [os.path.join(images_dir, row["image"]) for row in rows],
+        output=os.path.join(out_dir, "captions.jsonl"),
+        attention_plot=plots,
     )
     for line in lines:
         objects = scenes[os.path.basename(line["image"])]["objects"]
@@ -110,7 +131,11 @@ def demo(
         verdict = f"FALSE: {error}" if error else "true"
         print(f"  {os.path.basename(line['image'])}: {line['caption']!r} ({verdict})")
     print(f"  attention plots: {plots}/")
-    summary = {
+
+
+def summarise(metrics: dict, served: dict, config, beam_size: int, length_alpha: float) -> dict:
+    """The demo's last line: held-out figures (BENCHMARKS.md, "Learning quality") and settings."""
+    return {
         "bleu4": round(metrics["bleu4"], 4),
         "true_captions": round(metrics.get("true_captions", float("nan")), 4),
         "bleu1": round(metrics["bleu1"], 4),
@@ -133,13 +158,7 @@ def demo(
         "feature_layer": config.feature_layer,
         "encoder_weights": os.path.basename(config.encoder_weights),
         "train_encoder": config.train_encoder,
-        "minutes": round((time.perf_counter() - started) / 60, 2),
-        "export": version_dir,
     }
-    with open(os.path.join(out_dir, "demo_metrics.json"), "w") as out:
-        json.dump(summary, out, indent=2)
-    print(json.dumps(summary), flush=True)
-    return summary
 
 
 def served_figures(version_dir: str, images_dir: str, rows: list[dict], scenes: dict) -> dict:
