@@ -27,6 +27,17 @@ BEAM_SIZE = 3
 BATCH_SIZE = 32
 
 
+def _allowed_next(log_probs: tf.Tensor, finished: tf.Tensor) -> tf.Tensor:
+    """Log-probabilities [B, K, V] of what may follow: never <pad> or <start> after an open
+    beam; only <pad>, at no cost (so it keeps its score), after a finished one."""
+    token_range = tf.range(tf.shape(log_probs)[-1])
+    never = tf.logical_or(token_range == text.PAD_ID, token_range == text.START_ID)
+    open_log_probs = tf.where(never, NEG_INF, log_probs)
+    closed_log_probs = tf.where(token_range == text.PAD_ID, 0.0, NEG_INF)
+    closed_log_probs = tf.broadcast_to(closed_log_probs, tf.shape(log_probs))
+    return tf.where(finished[..., None], closed_log_probs, open_log_probs)
+
+
 def beam_decode(
     step_fn: StepFn,
     initial_state: tf.Tensor,
@@ -55,13 +66,7 @@ def beam_decode(
         log_probs, new_state, attention = step_fn(tf.reshape(last, [-1]), state)
         vocab = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(tf.cast(log_probs, tf.float32), [batch_size, beams, vocab])
-        token_range = tf.range(vocab)
-        never = tf.logical_or(token_range == text.PAD_ID, token_range == text.START_ID)
-        open_log_probs = tf.where(never, NEG_INF, log_probs)
-        # A finished beam may only continue with <pad>, at no cost, so it keeps its score.
-        closed_log_probs = tf.where(token_range == text.PAD_ID, 0.0, NEG_INF)
-        closed_log_probs = tf.broadcast_to(closed_log_probs, tf.shape(log_probs))
-        log_probs = tf.where(finished[..., None], closed_log_probs, open_log_probs)
+        log_probs = _allowed_next(log_probs, finished)
         candidates = tf.reshape(scores[..., None] + log_probs, [batch_size, beams * vocab])
         top_scores, top_index = tf.math.top_k(candidates, k=beams)
         beam_index, token = top_index // vocab, tf.cast(top_index % vocab, tf.int32)
@@ -72,19 +77,16 @@ def beam_decode(
         attention = tf.reshape(tf.cast(attention, tf.float32), [batch_size, beams, num_locations])
         was_finished = gather_beams(finished, beam_index)
         attention = tf.where(was_finished[..., None], 0.0, gather_beams(attention, beam_index))
-        at_t = tf.one_hot(t, max_steps, dtype=tf.int32)  # Write position t of the histories.
-        history = gather_beams(history, beam_index) * (1 - at_t) + token[..., None] * at_t
+
+        def written(past, value):  # The surviving beams' histories, `value` at position t.
+            at_t = tf.one_hot(t, max_steps, dtype=value.dtype)
+            at_t = tf.reshape(at_t, [max_steps] + [1] * (len(past.shape) - 3))
+            return gather_beams(past, beam_index) * (1 - at_t) + value[:, :, None] * at_t
+
+        history = written(history, token)
         # The chosen token's own log-probability: what it added to its beam's score.
-        token_log_prob = top_scores - gather_beams(scores, beam_index)
-        at_t_float = tf.cast(at_t, tf.float32)
-        token_history = (
-            gather_beams(token_history, beam_index) * (1.0 - at_t_float)
-            + token_log_prob[..., None] * at_t_float
-        )
-        attention_history = (
-            gather_beams(attention_history, beam_index) * (1.0 - tf.cast(at_t, tf.float32))[:, None]
-            + attention[..., None, :] * tf.cast(at_t, tf.float32)[:, None]
-        )
+        token_history = written(token_history, top_scores - gather_beams(scores, beam_index))
+        attention_history = written(attention_history, attention)
         lengths = gather_beams(lengths, beam_index) + tf.cast(~was_finished, tf.int32)
         finished = was_finished | (token == text.END_ID)
         return (
