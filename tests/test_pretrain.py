@@ -82,7 +82,7 @@ def test_dataset_pairs_each_image_with_its_scene(tiny_data):
     scenes = tiny_scenes(tiny_data)
     images, targets = next(iter(pretrain.make_dataset(tiny_data, "val", scenes, 32, 6, 0)))
     assert images.dtype == tf.uint8 and images.shape == (6, 32, 32, 3)
-    for index, image_targets in enumerate(targets.numpy()):
+    for index, image_targets in enumerate(targets["scene"].numpy()):
         scene = scenes[f"val_{index}.jpg"]
         np.testing.assert_array_equal(image_targets, pretrain.scene_targets(scene))
         # The object's colour is the image's centre colour (conftest draws it there).
@@ -98,28 +98,33 @@ def test_an_image_missing_from_the_scenes_file_is_an_error(tiny_data):
 
 
 def test_pretrain_writes_encoder_weights_the_trainer_loads(tiny_data, tmp_path):
+    scenes = tiny_scenes(tiny_data, size=64)
+    for scene in scenes.values():
+        scene["objects"][0]["radius"] = 20  # Conftest draws a third of the side around the centre.
     scenes_path = tmp_path / "scenes.json"
-    scenes_path.write_text(json.dumps(tiny_scenes(tiny_data)))
+    scenes_path.write_text(json.dumps(scenes))
     output = str(tmp_path / "encoder.weights.h5")
     figures = pretrain.pretrain(
         tiny_data,
         str(scenes_path),
         output,
         str(tmp_path / "job"),
-        image_size=32,
+        image_size=64,
         epochs=2,
         batch_size=8,
         verbose=0,
+        cells_layer="block5",
     )
     assert len(figures["train_loss"]) == 2
     assert 0.0 <= figures["test"]["scene_accuracy"] <= 1.0 and figures["test"]["images"] == 6
+    assert 0.0 <= figures["test"]["cell_pointing"] <= 1.0 and figures["cells_layer"] == "block5"
     assert len(figures["val_scene_accuracy"]) == 2  # Logged every epoch.
     with open(output + ".json") as figures_file:
         assert json.load(figures_file)["val"] == figures["val"]
     assert os.listdir(tmp_path / "job" / "logs")  # TensorBoard.
 
-    loaded = model.build_cnn(output, 32)
-    fresh = model.build_cnn("none", 32)
+    loaded = model.build_cnn(output, 64)  # The whole encoder, not only up to block 5.
+    fresh = model.build_cnn("none", 64)
     changed = [
         not np.array_equal(a, b)
         for a, b in zip(loaded.get_weights(), fresh.get_weights())
@@ -128,16 +133,37 @@ def test_pretrain_writes_encoder_weights_the_trainer_loads(tiny_data, tmp_path):
     assert sum(changed) > 0.9 * len(changed)  # Trained, and every layer found its weights.
 
 
+def test_cell_targets_mark_the_cells_each_box_overlaps():
+    scene = {
+        "width": 100,
+        "height": 100,
+        "objects": [
+            {"color": "red", "shape": "circle", "size": "small", "x": 20, "y": 70, "radius": 10}
+        ],
+    }
+    cells = pretrain.cell_targets(scene, 2)
+    np.testing.assert_array_equal(cells[RED_CIRCLE], [0, 0, 1, 0])  # Bottom-left of 2×2.
+    assert cells.sum() == 1
+    outputs = np.full((1, 21, 4), -5.0)
+    outputs[0, RED_CIRCLE, 2] = 5.0
+    assert pretrain.cell_pointing(cells[None], outputs) == 1.0
+    outputs[0, RED_CIRCLE] = [5.0, -5.0, -5.0, -5.0]
+    assert pretrain.cell_pointing(cells[None], outputs) == 0.0
+
+
 def test_mirroring_flips_the_image_and_the_x_of_present_kinds_only():
     image = tf.constant(np.arange(2 * 3 * 3).reshape(2, 3, 3).astype(np.uint8))
     targets = np.zeros((21, 4), np.float32)
     targets[RED_CIRCLE] = (1, 1, 0.25, 0.6)
-    targets = tf.constant(targets)
+    cells = np.zeros((21, 4), np.float32)  # A 2×2 grid: the red circle in the top-left cell.
+    cells[RED_CIRCLE, 0] = 1
+    targets = {"scene": tf.constant(targets), "cells": tf.constant(cells)}
     kept_image, kept = pretrain.mirror_half((image, targets), tf.constant(2, tf.int64))
     np.testing.assert_array_equal(kept_image, image)
-    np.testing.assert_array_equal(kept, targets)
+    np.testing.assert_array_equal(kept["scene"], targets["scene"])
     image_m, mirrored = pretrain.mirror_half((image, targets), tf.constant(7, tf.int64))
     np.testing.assert_array_equal(image_m, image.numpy()[:, ::-1])
-    np.testing.assert_allclose(mirrored[RED_CIRCLE], [1, 1, 0.75, 0.6])
-    absent = np.delete(mirrored.numpy(), RED_CIRCLE, axis=0)
+    np.testing.assert_allclose(mirrored["scene"][RED_CIRCLE], [1, 1, 0.75, 0.6])
+    absent = np.delete(mirrored["scene"].numpy(), RED_CIRCLE, axis=0)
     assert not absent.any()  # Absent kinds keep x = 0, not 1 − 0.
+    np.testing.assert_array_equal(mirrored["cells"][RED_CIRCLE], [0, 1, 0, 0])  # Top-right.

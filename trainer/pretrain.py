@@ -25,8 +25,10 @@ Writes `--output` (EfficientNetB0 notop, Keras weights format) for `--encoder_we
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import math
 import os
 
 import keras
@@ -36,7 +38,7 @@ from absl import app, flags, logging
 
 from preprocess import records, transform
 from preprocess import scenes as sample_scenes
-from trainer import cli, data, model
+from trainer import cli, data, grounding, model
 
 KINDS = tuple(itertools.product(sample_scenes.COLORS, sample_scenes.SHAPES))
 # Per kind: present, large (if present), centre x, centre y (fractions of the image's sides).
@@ -55,6 +57,30 @@ def scene_targets(scene: dict) -> np.ndarray:
         row = KINDS.index((obj["color"], obj["shape"]))
         targets[row] = (1.0, obj["size"] == "large", obj["x"] / width, obj["y"] / height)
     return targets
+
+
+def cell_targets(scene: dict, side: int) -> np.ndarray:
+    """[len(KINDS), side * side] float32: 1 where the kind's box overlaps the grid cell."""
+    targets = np.zeros((len(KINDS), side * side), np.float32)
+    width, height = scene.get("width", 500), scene.get("height", 375)
+    for obj in scene["objects"]:
+        row = KINDS.index((obj["color"], obj["shape"]))
+        targets[row] = grounding.box_cells(obj, width, height, side)
+    return targets
+
+
+def cells_loss(targets: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+    """Per image: cross-entropy of every (kind, cell) "the kind's box overlaps this cell"."""
+    cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=outputs)
+    return tf.reduce_sum(cross_entropy, axis=[-2, -1])
+
+
+def cell_pointing(targets: np.ndarray, outputs: np.ndarray) -> float:
+    """Share of present kinds whose highest-scoring cell overlaps their box (the pointing game
+    of trainer/grounding.py, on the cells head)."""
+    present = targets.max(axis=-1) > 0.5
+    best = np.take_along_axis(targets, outputs.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    return float(best[present].mean()) if present.any() else float("nan")
 
 
 def scene_loss(targets: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
@@ -92,12 +118,18 @@ def mirror_half(example: tuple, draw: tf.Tensor) -> tuple:
     """
     image, targets = example
     if_mirrored = tf.equal(draw % 2, 1)
-    present = targets[:, 0]
-    mirrored_x = present * (1.0 - targets[:, 2])
-    mirrored = tf.concat([targets[:, :2], mirrored_x[:, None], targets[:, 3:]], axis=1)
+    scene = targets["scene"]
+    present = scene[:, 0]
+    mirrored_x = present * (1.0 - scene[:, 2])
+    mirrored = {"scene": tf.concat([scene[:, :2], mirrored_x[:, None], scene[:, 3:]], axis=1)}
+    if "cells" in targets:  # Row-major cells: mirroring reverses each row.
+        cells = targets["cells"]
+        side = math.isqrt(cells.shape[-1])
+        grid = tf.reshape(cells, [len(KINDS), side, side])
+        mirrored["cells"] = tf.reshape(tf.reverse(grid, axis=[2]), [len(KINDS), side * side])
     return (
         tf.where(if_mirrored, tf.reverse(image, axis=[1]), image),
-        tf.where(if_mirrored, mirrored, targets),
+        {key: tf.where(if_mirrored, mirrored[key], targets[key]) for key in targets},
     )
 
 
@@ -108,17 +140,24 @@ def held_out_figures(classifier: keras.Model, dataset: tf.data.Dataset) -> dict:
     0.50-0.80 kind accuracy on validation batches where the same functions on the same model's
     outputs (eagerly, under tf.function, or with run_eagerly=True) gave 0.996.
     """
-    targets, outputs = [], []
+    targets, outputs = {}, {}
     for images, batch_targets in dataset:  # One pass: a shuffled split stays paired.
-        targets.append(batch_targets.numpy())
-        outputs.append(classifier.predict_on_batch(images))  # Keras traces this once.
-    targets, outputs = np.concatenate(targets), np.concatenate(outputs)
-    return {
-        "loss": float(tf.reduce_mean(scene_loss(targets, outputs))),
-        "kind_accuracy": float(kind_accuracy(targets, outputs)),
-        "scene_accuracy": float(scene_accuracy(targets, outputs)),
-        "images": len(targets),
+        batch_outputs = classifier.predict_on_batch(images)  # Keras traces this once.
+        for key, value in batch_targets.items():
+            targets.setdefault(key, []).append(value.numpy())
+            outputs.setdefault(key, []).append(np.asarray(batch_outputs[key]))
+    targets = {key: np.concatenate(value) for key, value in targets.items()}
+    outputs = {key: np.concatenate(value) for key, value in outputs.items()}
+    loss = scene_loss(targets["scene"], outputs["scene"])
+    figures = {
+        "kind_accuracy": float(kind_accuracy(targets["scene"], outputs["scene"])),
+        "scene_accuracy": float(scene_accuracy(targets["scene"], outputs["scene"])),
+        "images": len(targets["scene"]),
     }
+    if "cells" in targets:
+        loss += cells_loss(targets["cells"], outputs["cells"])
+        figures["cell_pointing"] = cell_pointing(targets["cells"], outputs["cells"])
+    return {"loss": float(tf.reduce_mean(loss)), **figures}
 
 
 class HeldOutAccuracy(keras.callbacks.Callback):
@@ -135,15 +174,11 @@ class HeldOutAccuracy(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         figures = held_out_figures(self.model, self.dataset)
         if logs is not None:
-            logs["val_loss"] = figures["loss"]
-            logs["val_kind_accuracy"] = figures["kind_accuracy"]
-            logs["val_scene_accuracy"] = figures["scene_accuracy"]
-        print(
-            f"epoch {epoch + 1}: val loss {figures['loss']:.4f}, "
-            f"val kind accuracy {figures['kind_accuracy']:.4f}, "
-            f"val scene accuracy {figures['scene_accuracy']:.4f}",
-            flush=True,
+            logs.update({f"val_{key}": value for key, value in figures.items() if key != "images"})
+        shown = ", ".join(
+            f"val {key} {value:.4f}" for key, value in figures.items() if key != "images"
         )
+        print(f"epoch {epoch + 1}: {shown}", flush=True)
 
 
 def make_dataset(
@@ -154,8 +189,10 @@ def make_dataset(
     batch_size: int,
     seed: int,
     flip: bool = True,
+    cells_side: int = 0,
 ) -> tf.data.Dataset:
-    """(uint8 images, targets) batches; a shard image without a scene is an error, not a skip.
+    """(uint8 images, {"scene"[, "cells"]: targets}) batches; a shard image without a scene is
+    an error, not a skip. `cells_side` > 0 adds `cell_targets` on that square grid.
 
     The train split is shuffled and, with `flip`, mirrored at random (`mirror_half`).
     """
@@ -163,7 +200,10 @@ def make_dataset(
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(names, tf.range(len(names), dtype=tf.int64)), -1
     )
-    all_targets = tf.constant(np.stack([scene_targets(scenes[name]) for name in names]))
+    all_targets = {"scene": tf.constant(np.stack([scene_targets(scenes[n]) for n in names]))}
+    if cells_side:
+        cells = np.stack([cell_targets(scenes[name], cells_side) for name in names])
+        all_targets["cells"] = tf.constant(cells)
     full_spec = records.feature_spec()
     spec = {key: full_spec[key] for key in (records.IMAGE_ENCODED, records.IMAGE_FILENAME)}
 
@@ -178,7 +218,7 @@ def make_dataset(
         with tf.control_dependencies([check]):  # The gather below reads only a checked index.
             index = tf.identity(index)
         image = transform.preprocess_image(example[records.IMAGE_ENCODED], image_size)
-        return image, tf.gather(all_targets, index)
+        return image, {key: tf.gather(value, index) for key, value in all_targets.items()}
 
     training = split == "train"
     dataset = tf.data.TFRecordDataset(data.shard_files(data_dir, split))
@@ -193,15 +233,28 @@ def make_dataset(
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
-def build(image_size: int, init_weights: str = "none") -> tuple[keras.Model, keras.Model]:
-    """(the EfficientNetB0 encoder, the encoder + a dense head over its flattened feature map)."""
+def build(
+    image_size: int, init_weights: str = "none", cells_layer: str = ""
+) -> tuple[keras.Model, keras.Model]:
+    """(the EfficientNetB0 encoder, the encoder + its heads): "scene", a dense layer over the
+    flattened last feature map; with `cells_layer` (a key of model.FEATURE_LAYERS) also
+    "cells", a per-location layer over that map: kind logits [len(KINDS), locations]."""
     cnn = model.build_cnn(init_weights, image_size)
     images = keras.Input((image_size, image_size, 3), dtype="uint8")
-    features = cnn(keras.layers.Lambda(model.preprocess_image, name="normalise")(images))
-    outputs = keras.layers.Dense(len(KINDS) * TARGETS, name="scene_head")(
-        keras.layers.Flatten()(features)
+    normalised = keras.layers.Lambda(model.preprocess_image, name="normalise")(images)
+    maps = [cnn.output]
+    if cells_layer:
+        maps.append(cnn.get_layer(model.FEATURE_LAYERS[cells_layer].layer).output)
+    feature_maps = keras.Model(cnn.input, maps, name="feature_maps")(normalised)
+    scene = keras.layers.Dense(len(KINDS) * TARGETS, name="scene_head")(
+        keras.layers.Flatten()(feature_maps[0])
     )
-    outputs = keras.layers.Reshape((len(KINDS), TARGETS))(outputs)
+    outputs = {"scene": keras.layers.Reshape((len(KINDS), TARGETS), name="scene")(scene)}
+    if cells_layer:
+        side = feature_maps[1].shape[1]
+        cells = keras.layers.Conv2D(len(KINDS), 1, name="cells_head")(feature_maps[1])
+        cells = keras.layers.Reshape((side * side, len(KINDS)))(cells)
+        outputs["cells"] = keras.layers.Permute((2, 1), name="cells")(cells)
     return cnn, keras.Model(images, outputs)
 
 
@@ -218,21 +271,29 @@ def pretrain(
     init_weights: str = "none",
     flip: bool = True,
     verbose: int | str = "auto",
+    cells_layer: str = "",
 ) -> dict:
     """Train, keep the weights of the best validation epoch, write them and the figures."""
     keras.utils.set_random_seed(seed)
     scenes = sample_scenes.load_scenes(scenes_path)
     manifest = data.load_manifest(data_dir)
-    train_data = make_dataset(data_dir, "train", scenes, image_size, batch_size, seed, flip)
-    val_data = make_dataset(data_dir, "val", scenes, image_size, batch_size, seed)
+    side = math.isqrt(model.num_locations(image_size, cells_layer)) if cells_layer else 0
+    splits = functools.partial(
+        make_dataset,
+        data_dir,
+        scenes=scenes,
+        image_size=image_size,
+        batch_size=batch_size,
+        seed=seed,
+        cells_side=side,
+    )
+    train_data, val_data = splits(split="train", flip=flip), splits(split="val")
     steps = epochs * (manifest.examples("train") // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(steps, 1), alpha=0.01)
 
-    cnn, classifier = build(image_size, init_weights)
-    classifier.compile(
-        optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0),
-        loss=scene_loss,
-    )
+    cnn, classifier = build(image_size, init_weights, cells_layer)
+    losses = {"scene": scene_loss, "cells": cells_loss} if cells_layer else {"scene": scene_loss}
+    classifier.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=losses)
     best = os.path.join(job_dir, "best.weights.h5")
     os.makedirs(job_dir, exist_ok=True)
     history = classifier.fit(
@@ -250,12 +311,13 @@ def pretrain(
     classifier.load_weights(best)
     figures = {"val": held_out_figures(classifier, val_data)}
     if manifest.examples("test"):
-        test_data = make_dataset(data_dir, "test", scenes, image_size, batch_size, seed)
+        test_data = splits(split="test")
         figures["test"] = held_out_figures(classifier, test_data)
     figures["epochs"] = epochs
     figures["train_loss"] = history.history["loss"]
     figures["val_loss"] = history.history["val_loss"]
     figures["val_scene_accuracy"] = history.history["val_scene_accuracy"]
+    figures["cells_layer"] = cells_layer
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     cnn.save_weights(output)
     with open(output + ".json", "w", encoding="utf-8") as figures_file:
@@ -278,6 +340,13 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "init_weights", "none", "Start from these encoder weights (a file, or none: random)."
     )
+    flags.DEFINE_enum(
+        "cells_layer",
+        "",
+        ["", *sorted(model.FEATURE_LAYERS)],
+        "Also train a per-location head on this map (trainer.task's --feature_layer): for each "
+        "cell, which kinds' boxes overlap it, so that map's features say what is where.",
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -297,6 +366,7 @@ def main(argv: list[str]) -> None:
         seed=FLAGS.seed,
         init_weights=FLAGS.init_weights,
         flip=FLAGS.flip,
+        cells_layer=FLAGS.cells_layer,
         verbose="auto" if os.isatty(1) else 2,
     )
     logging.info("Wrote %s; held-out figures: %s", FLAGS.output, json.dumps(figures["val"]))
