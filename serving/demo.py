@@ -70,8 +70,8 @@ def demo(
 
     print("[2/5] training", flush=True)
     config = train.TrainConfig(data_dir=data_dir, job_dir=job_dir, **(training or DEMO_TRAINING))
-    model, tokens, _ = train.train_model(config)
-    trained = (model, tokens, config)  # The live model, for evaluation and export.
+    captioner, tokens, _ = train.train_model(config)
+    trained = (captioner, tokens, config)  # The live model, for evaluation and export.
 
     print(f"[3/5] evaluating on the held-out test scenes (beam {beam_size})", flush=True)
     result = evaluate.evaluate(
