@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import TINY_FLAGS, start_module, tiny_config, write_tiny_data
 
-from trainer import steps, train
+from trainer import loop, steps, train
 
 ARGS = [
     *TINY_FLAGS,
@@ -84,7 +84,7 @@ def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
     masked_loss_sum = steps.masked_loss_sum
     monkeypatch.setattr(steps, "masked_loss_sum", nan_loss)
     config.max_steps = 0
-    with pytest.raises(train.TrainingDiverged, match="loss became nan at step 2"):
+    with pytest.raises(loop.TrainingDiverged, match="loss became nan at step 2"):
         train.train(config)
     assert tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints")) == good
     model, _, _ = train.restore(str(tmp_path / "job"))
@@ -100,6 +100,6 @@ def test_an_update_that_makes_weights_nan_is_never_checkpointed(tiny_data, tmp_p
         clipnorm=0.0,
         checkpoint_every_steps=1,
     )
-    with pytest.raises(train.TrainingDiverged, match="weights became NaN or infinite at step 1"):
+    with pytest.raises(loop.TrainingDiverged, match="weights became NaN or infinite at step 1"):
         train.train(config)
     assert tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints")) is None

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_config, write_tiny_data
 
-from trainer import data, train
+from trainer import data, loop, train
 
 
 def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(tiny_data, tmp_path):
@@ -77,5 +77,5 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):
     config = tiny_config(
         tiny_data, tmp_path / "job", learning_rate=float("nan"), clipnorm=0.0, epochs=2
     )
-    with pytest.raises(train.TrainingDiverged, match="last good checkpoint"):
+    with pytest.raises(loop.TrainingDiverged, match="last good checkpoint"):
         train.train(config)

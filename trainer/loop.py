@@ -1,0 +1,190 @@
+"""One run's epochs: steps with their summaries and checkpoints, validation, sample captions.
+
+`trainer.train.train_model` sets up the run (strategy, model, optimizer, checkpoint, job dir)
+and hands it to a `Loop`, which trains epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import cli, data, decoding, distribute, steps
+from trainer.config import TrainConfig, step_jit_compile
+from trainer.model import Captioner
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _summary_writer(job_dir: str, name: str, chief: bool):
+    if not chief:
+        return tf.summary.create_noop_writer()
+    return tf.summary.create_file_writer(os.path.join(job_dir, "logs", name))
+
+
+class Loop:
+    """One run's epochs: its inputs, step functions and summary writers."""
+
+    def __init__(self, config, strategy, model, optimizer, step, manager, tokenizer, inputs):
+        """`inputs`: (train files, val files, the data.Source they hold)."""
+        self.config, self.strategy, self.model = config, strategy, model
+        self.optimizer, self.step, self.manager = optimizer, step, manager
+        self.tokenizer = tokenizer
+        self.train_files, self.val_files, self.source = inputs
+        self.val_metrics: dict = {}
+        jit_compile = step_jit_compile(config)
+        print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
+        self.train_step, self.eval_step, _ = steps.make_step_functions(
+            model, optimizer, strategy, config.batch_size, config.attention_reg, jit_compile
+        )
+        chief = distribute.is_chief(strategy)
+        self.train_writer = _summary_writer(config.job_dir, "train", chief)
+        self.val_writer = _summary_writer(config.job_dir, "val", chief)
+
+    def dataset(self, epoch: int, files: list[str], shuffle: bool, drop: bool):
+        config = self.config
+
+        def dataset_fn(input_context=None):
+            batch = config.batch_size
+            if input_context:
+                batch = input_context.get_per_replica_batch_size(config.batch_size)
+            return data.make_dataset(
+                files,
+                self.tokenizer,
+                batch,
+                self.source,
+                caption_sampling=config.caption_sampling if shuffle else "first",
+                shuffle=shuffle,
+                seed=config.seed * 1000 + epoch,
+                drop_remainder=drop,
+                mirror=config.mirror and shuffle,
+            )
+
+        # The global batch is split across replicas in order: the same global batch gives the
+        # same gradient on one device or many.
+        return self.strategy.experimental_distribute_dataset(dataset_fn())
+
+    def run_epoch(self, epoch: int, skip: int, steps_per_epoch: int, total_steps: int) -> dict:
+        """Train from step `skip` of `epoch` to its end (or `total_steps`), then validate."""
+        config = self.config
+        # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
+        schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
+        # A log file gets one line per epoch, not one bar per step.
+        progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        iterator = iter(self.dataset(epoch, self.train_files, shuffle=True, drop=True))
+        for _ in range(skip):  # Resume mid-epoch at the very batch where the run stopped.
+            next(iterator)
+        losses, started = [], time.perf_counter()
+        current = int(self.step.numpy())
+        for position in range(skip, steps_per_epoch):
+            if current >= total_steps:
+                break
+            learning_rate = float(schedule(current))
+            loss, accuracy = self.train_one(next(iterator), current, learning_rate)
+            current = int(self.step.numpy())
+            losses.append(loss)
+            progress.update(position + 1, [("loss", loss), ("accuracy", accuracy)])
+        seconds = time.perf_counter() - started
+        save_checkpoint(self.manager, self.model, current)
+        record = {"epoch": epoch + 1, "step": current}
+        record["train_loss"] = float(np.mean(losses)) if losses else None
+        record["images_per_second"] = len(losses) * config.batch_size / max(seconds, 1e-9)
+        with self.train_writer.as_default(step=current):
+            tf.summary.scalar("images_per_second", record["images_per_second"])
+        record.update(self.validate(current))
+        return record
+
+    def train_one(self, batch, current: int, learning_rate: float) -> tuple[float, float]:
+        """One step at `learning_rate`: (loss, token accuracy); logs and checkpoints."""
+        self.optimizer.learning_rate = learning_rate
+        loss, accuracy = self.train_step(batch)
+        loss, accuracy = float(loss.numpy()), float(accuracy)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss} at step {current}; the last good checkpoint in "
+                f"{self.manager.directory} is kept. Lower --learning_rate or check the data."
+            )
+        current = int(self.step.assign_add(1).numpy())
+        with self.train_writer.as_default(step=current):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("token_accuracy", accuracy)
+            tf.summary.scalar("learning_rate", learning_rate)
+        every = self.config.checkpoint_every_steps
+        if every and current % every == 0:
+            save_checkpoint(self.manager, self.model, current)
+        return loss, accuracy
+
+    def validate(self, current: int) -> dict:
+        """Validation loss and token accuracy (and sample captions), as `val_*` keys."""
+        if not self.val_files:
+            return {}
+        val_data = self.dataset(0, self.val_files, shuffle=False, drop=False)
+        self.val_metrics = evaluate_loss(self.eval_step, val_data)
+        with self.val_writer.as_default(step=current):
+            for key, value in self.val_metrics.items():
+                tf.summary.scalar(key, value)
+            if self.config.sample_captions:
+                samples = sample_captions(
+                    self.model, self.tokenizer, self.config, self.val_files, self.source
+                )
+                tf.summary.text("sample_captions", "\n\n".join(samples))
+                for sample in samples:
+                    print(f"  {sample}", flush=True)
+        return {f"val_{key}": value for key, value in self.val_metrics.items()}
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> None:
+    """Save, unless an update made any weight NaN/inf: the last good checkpoint must survive."""
+    if manager.latest_checkpoint and manager.latest_checkpoint.endswith(f"-{step}"):
+        return  # Already saved at this step (--checkpoint_every_steps at an epoch's end).
+    finite = [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
+    if not bool(tf.reduce_all(finite)):
+        raise TrainingDiverged(
+            f"weights became NaN or infinite at step {step}; not saved: the last good "
+            f"checkpoint in {manager.directory} is kept. Lower --learning_rate or check the data."
+        )
+    manager.save(checkpoint_number=step)
+
+
+def evaluate_loss(eval_step, distributed_dataset) -> dict:
+    """Masked loss per token and token accuracy over a whole distributed split."""
+    loss_sum = tokens = correct = 0.0
+    for batch in distributed_dataset:
+        batch_loss, batch_tokens, batch_correct = eval_step(batch)
+        loss_sum += float(batch_loss)
+        tokens += float(batch_tokens)
+        correct += float(batch_correct)
+    return {"loss": loss_sum / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
+
+
+def sample_captions(
+    model: Captioner,
+    tokenizer: data.Tokenizer,
+    config: TrainConfig,
+    files: list[str],
+    source: data.Source,
+) -> list[str]:
+    """Greedy captions of the first few validation images, with their first reference."""
+    dataset = data.make_dataset(
+        files, tokenizer, config.sample_captions, source, keep_references=True
+    )
+    batch = next(iter(dataset))
+    if "cnn_features" in batch:
+        cnn_features = batch["cnn_features"]
+    else:
+        cnn_features = model.encode(batch["image"])
+    vocab = tf.constant(tokenizer.tokens)
+    result = decoding.greedy(model, cnn_features, vocab, config.max_length)
+    lines = []
+    for filename, caption, references in zip(
+        batch["filename"].numpy(), result["caption"].numpy(), batch["references"].numpy()
+    ):
+        reference = references.decode().split("\n")[0]
+        lines.append(f"{filename.decode()}: {caption.decode()!r} (reference: {reference!r})")
+    return lines
