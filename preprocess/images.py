@@ -8,6 +8,7 @@ stored as lossless PNGs of their upright RGB pixels instead (`canonical_png`).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import posixpath
@@ -115,6 +116,30 @@ def canonical_png(image: Image.Image) -> bytes:
     return output.getvalue()
 
 
+@functools.cache
+def _graph_decode():
+    """preprocess.transform.decode as one graph (TF is imported on first use only)."""
+    import tensorflow as tf
+
+    from preprocess import transform
+
+    return tf.function(transform.decode, input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def _check_graph_decodes(data: bytes, name: str) -> None:
+    """Bytes kept as they are must decode in the one image preprocessing: TF's libjpeg refuses
+    some corrupt JPEGs that Pillow reads past, and such a record would stop training."""
+    import tensorflow as tf
+
+    try:
+        _graph_decode()(tf.constant(data))
+    except tf.errors.InvalidArgumentError as error:
+        detail = error.message.splitlines()[0]
+        raise ImageRejected(
+            records.REASON_IMAGE_UNREADABLE, f"{name}: corrupt data TF cannot decode ({detail})"
+        ) from error
+
+
 def load_image(
     images_dir: str,
     name: str,
@@ -143,6 +168,7 @@ def load_image(
                 )
             image.load()  # Decodes every pixel: a truncated or corrupt file fails here.
             if image.mode in KEPT_AS_IS.get(image.format, ()):
+                _check_graph_decodes(data, name)
                 return (data, *_upright_size(image))
             png = canonical_png(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
