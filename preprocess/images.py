@@ -118,12 +118,14 @@ def canonical_png(image: Image.Image) -> bytes:
 
 @functools.cache
 def _graph_decode():
-    """preprocess.transform.decode as one graph (TF is imported on first use only)."""
+    """The codecs of preprocess.transform.decode (TF's libjpeg and libpng; its EXIF reading
+    never fails) as one graph; TF is imported on first use only."""
     import tensorflow as tf
 
-    from preprocess import transform
+    def decode(image_bytes):
+        return tf.io.decode_image(image_bytes, expand_animations=False)
 
-    return tf.function(transform.decode, input_signature=[tf.TensorSpec([], tf.string)])
+    return tf.function(decode, input_signature=[tf.TensorSpec([], tf.string)])
 
 
 def _check_graph_decodes(data: bytes, name: str) -> None:
