@@ -105,8 +105,8 @@ class ReadLineRange(beam.DoFn):
         if start == 0:
             decoded = decoded.removeprefix("\ufeff")  # A byte-order mark is not part of row 1.
         lines = decoded.split("\n")
-        if lines and not lines[-1]:
-            lines.pop()
+        if data.endswith(b"\n") or not data:
+            lines.pop()  # What follows the last "\n" (or an empty range) is no line.
         for offset, line in enumerate(lines):
             yield line_number + offset, line.removesuffix("\r")
 

@@ -79,6 +79,7 @@ def test_kaggle_and_flickr8k_rows_are_parsed_or_rejected_with_a_reason(row, line
 @example(
     data=b"\xef\xbb\xbfimage_name| comment_number| comment\r\na.jpg| 0| A dog .\n", range_bytes=8
 )
+@example(data=b"\xef\xbb\xbf", range_bytes=1)  # A byte-order mark alone is one (empty) row.
 def test_any_bytes_read_as_numbered_lines_then_parse_or_reject(tmp_path_factory, data, range_bytes):
     path = str(tmp_path_factory.getbasetemp() / "captions_property.txt")
     with open(path, "wb") as caption_file:
