@@ -157,6 +157,9 @@ def tiny_config(data_dir: str, job_dir, **overrides):
         encoder_weights="none",
         sample_captions=0,
         deterministic=True,
+        # Off: compiling each tiny run's step costs more than it saves. The commands' default
+        # (on for cached features) runs in the subprocess tests (TINY_FLAGS leave it unset).
+        jit_compile=False,
     )
     settings.update(overrides)
     return train.TrainConfig(**settings)

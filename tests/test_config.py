@@ -17,4 +17,5 @@ from trainer import config
     ],
 )
 def test_xla_by_default_only_when_the_step_reads_cached_features(overrides, expected):
-    assert config.step_jit_compile(tiny_config("", "", **overrides)) is expected
+    unset = {"jit_compile": None}  # As trainer.task leaves it without --jit_compile.
+    assert config.step_jit_compile(tiny_config("", "", **{**unset, **overrides})) is expected

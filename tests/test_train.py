@@ -12,7 +12,9 @@ from trainer import data, loop, train
 
 
 def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, tmp_path / "job", epochs=6, deterministic=False)
+    config = tiny_config(
+        tiny_data, tmp_path / "job", epochs=6, deterministic=False, jit_compile=None
+    )
     metrics = train.train(config)
     losses = [epoch["train_loss"] for epoch in metrics["history"]]
     assert losses[-1] < 0.7 * losses[0], losses
@@ -25,8 +27,9 @@ def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(tiny_data, tmp
     assert written["jit_compile"] is True  # Cached features, no --jit_compile given.
 
 
-@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
-def test_resumed_run_ends_equal_to_an_uninterrupted_one(tiny_data, tmp_path, lr_schedule):
+def test_resumed_run_ends_equal_to_an_uninterrupted_one(tiny_data, tmp_path):
+    # Cosine: the learning rate changes every step, so a resume at the wrong step shows too.
+    lr_schedule = "cosine"
     whole = tiny_config(tiny_data, tmp_path / "whole", epochs=2, lr_schedule=lr_schedule)
     train.train(whole)
     interrupted = tiny_config(
