@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from preprocess import records, text, transform
+from preprocess import records, text
 from trainer import data
 
 IMAGES = data.Images(32)
@@ -181,37 +181,3 @@ def test_mirror_reads_the_cached_mirrored_features_with_the_swapped_caption(tmp_
         )
     )
     assert (plain["cnn_features"].numpy() == 0).all()
-
-
-def test_feature_cache_with_mirror_stores_the_mirrored_images_features(tiny_data, tmp_path):
-    from conftest import small_model, tiny_config
-
-    from trainer import cache
-
-    model = small_model()
-    config = tiny_config(tiny_data, tmp_path)
-    files = data.shard_files(tiny_data, "val")
-    plain = cache.cached_split(model, config, "val", files)
-    mirrored = cache.cached_split(model, config, "val", files, mirror=True)
-    assert os.path.dirname(plain[0]) != os.path.dirname(mirrored[0])  # Separate caches.
-    example = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(mirrored))).numpy())
-    feature = example.features.feature
-
-    def stored(key):
-        values = np.frombuffer(feature[key].bytes_list.value[0], np.float16)
-        return values.reshape(-1, model.location_embedding.input_dim, 1280)
-
-    source = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(files))).numpy())
-    image = transform.preprocess_image(
-        source.features.feature[records.IMAGE_ENCODED].bytes_list.value[0], 32
-    )[None]
-    np.testing.assert_allclose(
-        stored(records.CNN_FEATURES), model.encode(image), atol=2e-2, rtol=1e-2
-    )
-    np.testing.assert_allclose(
-        stored(records.CNN_FEATURES_MIRRORED),
-        model.encode(tf.reverse(image, axis=[2])),
-        atol=2e-2,
-        rtol=1e-2,
-    )
-    assert not np.allclose(stored(records.CNN_FEATURES), stored(records.CNN_FEATURES_MIRRORED))
