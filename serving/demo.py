@@ -40,8 +40,9 @@ DEMO_ENCODER = model.SAMPLE_ENCODER_WEIGHTS
 DEMO_TRAINING = {
     "strategy": "default",  # One device: the figures it reports are for that.
     "image_size": model.SAMPLE_ENCODER_IMAGE_SIZE,  # The size the encoder was trained at.
-    # The stride-16 map: 4×4 locations at 64 px, where the attention points at the named object
-    # and the decoder learns left from right (BENCHMARKS.md, "Learning quality").
+    # The stride-16 map: 4×4 locations at 64 px. Over it the attention points at the named
+    # object more often and the decoder learns left from right (BENCHMARKS.md, "Learning
+    # quality").
     "feature_layer": "block5",
     "epochs": 8,
     "batch_size": 64,
