@@ -70,11 +70,12 @@ class Loop:
         # same gradient on one device or many.
         return self.strategy.experimental_distribute_dataset(dataset_fn())
 
-    def run_epoch(self, epoch: int, skip: int, steps_per_epoch: int, total_steps: int) -> dict:
-        """Train from step `skip` of `epoch` to its end (or `total_steps`), then validate."""
+    def run_epoch(
+        self, epoch: int, skip: int, steps_per_epoch: int, total_steps: int, schedule
+    ) -> dict:
+        """Train from step `skip` of `epoch` to its end (or `total_steps`) at `schedule`'s
+        learning rate for each step, then validate."""
         config = self.config
-        # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
-        schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
         # A log file gets one line per epoch, not one bar per step.
         progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
         iterator = iter(self.dataset(epoch, self.train_files, shuffle=True, drop=True))

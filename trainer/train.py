@@ -114,7 +114,7 @@ def train(config: TrainConfig) -> dict:
 
 def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
     """`train`, returning the trained model and its token table with the metrics."""
-    strategy = _strategy(config)
+    strategy, precision = _strategy(config)
     chief = distribute.is_chief(strategy)
     manifest = data.load_manifest(config.data_dir)
     tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
@@ -132,16 +132,18 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     manager, restored = _checkpoint_manager(config, strategy, model, optimizer, step)
     if chief:
-        _write_job(config, strategy, manifest, identity, tokens)
+        _write_job(config, strategy, precision, manifest, identity, tokens)
     tokenizer = data.Tokenizer(tokens, config.max_length)
     inputs = _prepare_inputs(config, model, tokenizer, manifest, restored, manager.directory, chief)
     run = loop.Loop(config, strategy, model, optimizer, step, manager, tokenizer, inputs)
+    # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
+    schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
 
     history: list[dict] = []
     while int(step.numpy()) < total_steps:
         epoch, skip = divmod(int(step.numpy()), steps_per_epoch)
         print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
-        history.append(run.run_epoch(epoch, skip, steps_per_epoch, total_steps))
+        history.append(run.run_epoch(epoch, skip, steps_per_epoch, total_steps, schedule))
         print(json.dumps(history[-1]), flush=True)
     if not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
@@ -167,8 +169,8 @@ def _prepare_inputs(config, model, tokenizer, manifest, restored: bool, ckpt_dir
     return _inputs(model, config, train_files, val_files, cache_root)
 
 
-def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
-    """The strategy and precision policy the run uses (printed), and determinism if asked."""
+def _strategy(config: TrainConfig) -> tuple[tf.distribute.Strategy, str]:
+    """(strategy, precision policy) the run uses, both set and printed; determinism if asked."""
     strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
     precision = distribute.select_precision(config.precision)
     print(f"strategy: {distribute.describe(strategy)}; precision: {precision}", flush=True)
@@ -176,7 +178,7 @@ def _strategy(config: TrainConfig) -> tf.distribute.Strategy:
     if config.deterministic:
         keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
-    return strategy
+    return strategy, precision
 
 
 def _checkpoint_manager(config: TrainConfig, strategy, model, optimizer, step):
@@ -198,7 +200,7 @@ def _checkpoint_manager(config: TrainConfig, strategy, model, optimizer, step):
     return manager, bool(restored_from)
 
 
-def _write_job(config: TrainConfig, strategy, manifest, identity: dict, tokens: list[str]):
+def _write_job(config: TrainConfig, strategy, precision: str, manifest, identity: dict, tokens):
     """config.json (flags, identity, the data it read, strategy) and the token table."""
     record = {"flags": dataclasses.asdict(config), "identity": identity}
     record["manifest"] = {
@@ -207,7 +209,7 @@ def _write_job(config: TrainConfig, strategy, manifest, identity: dict, tokens: 
         "vocab": manifest.vocab,
     }
     record["strategy"] = distribute.describe(strategy)
-    record["precision"] = distribute.select_precision(config.precision)
+    record["precision"] = precision
     record["jit_compile"] = step_jit_compile(config)
     job.write_config(config.job_dir, record)
     job.write_tokens(config.job_dir, tokens)  # The job dir stands alone.
