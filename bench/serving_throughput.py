@@ -93,7 +93,7 @@ def eager_caption(model: Captioner, image_bytes: bytes, tokens: list[str], max_l
     token = tf.constant([text.START_ID])
     words = []
     for _ in range(max_length - 1):
-        state, _ = model.step(model.gates_for_tokens(token), state, features, keys)
+        state, _ = model.step(model.token_inputs(token), state, features, keys)
         token = tf.argmax(model.logits(state), axis=-1, output_type=tf.int32)
         token_id = int(token[0])
         if token_id == text.END_ID:

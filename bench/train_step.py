@@ -145,7 +145,7 @@ def eager_loss(model, batch: dict) -> tf.Tensor:
     state = model.initial_state(tf.shape(input_ids)[0])
     loss_sum = tokens = 0.0
     for position in range(input_ids.shape[1]):
-        gates = model.gates_for_tokens(input_ids[:, position])
+        gates = model.token_inputs(input_ids[:, position])
         state, _ = model.step(gates, state, features, keys)
         logits = model.logits(state)
         step_loss, step_tokens, _ = masked_loss_sum(target_ids[:, position], logits)

@@ -83,7 +83,7 @@ def eager_greedy(model, cnn_features, max_steps):
     state = model.initial_state(1)
     token, ids = tf.constant([text.START_ID]), []
     for _ in range(max_steps):
-        state, _ = model.step(model.gates_for_tokens(token), state, features, keys)
+        state, _ = model.step(model.token_inputs(token), state, features, keys)
         log_probs = tf.nn.log_softmax(model.logits(state))[0].numpy()
         log_probs[[text.PAD_ID, text.START_ID]] = -np.inf
         next_id = int(np.argmax(log_probs))

@@ -40,17 +40,21 @@ def test_encoder_output_is_locations_by_1280(model):
     assert model_lib.num_locations(224) == 49 and model_lib.num_locations(64) == 4
 
 
-def test_the_stride_16_feature_layer_gives_four_times_the_locations():
-    assert model_lib.num_locations(224, "block5") == 196
-    fine = small_model(image_size=64, feature_layer="block5")
+@pytest.mark.parametrize("name, side", [("block5", 4), ("block3", 8)])
+def test_a_finer_feature_layer_is_the_encoders_own_map_at_its_stride(name, side):
+    layer = model_lib.FEATURE_LAYERS[name]
+    assert model_lib.num_locations(224, name) == (224 // layer.stride) ** 2
+    fine = small_model(image_size=64, feature_layer=name)
     images = tf.zeros([2, 64, 64, 3], tf.uint8)
-    assert fine.encode(images).shape == (2, 16, 112)
+    assert fine.encode(images).shape == (2, side * side, layer.channels)
     _, attention = fine({"image": images, "input_ids": tf.constant([[2, 4, 5]] * 2)})
-    assert attention.shape == (2, 3, 16)
-    # The map is the whole encoder's own block-5 output: the same weights, not a copy.
-    block5 = fine.cnn.get_layer("block5c_add").output
-    reference = keras.Model(fine.cnn.input, block5)(model_lib.preprocess_image(images))
-    np.testing.assert_allclose(fine.encode(images).numpy().reshape(2, 4, 4, 112), reference)
+    assert attention.shape == (2, 3, side * side)
+    # The map is the whole encoder's own output of that block: the same weights, not a copy.
+    output = fine.cnn.get_layer(layer.layer).output
+    reference = keras.Model(fine.cnn.input, output)(model_lib.preprocess_image(images))
+    np.testing.assert_allclose(
+        fine.encode(images).numpy().reshape(2, side, side, layer.channels), reference
+    )
 
 
 def test_an_unknown_feature_layer_names_the_choices():

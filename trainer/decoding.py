@@ -169,7 +169,7 @@ def caption(
         keys = tf.repeat(keys, beam_size, axis=0)
 
     def step_fn(token_ids: tf.Tensor, state: tf.Tensor):
-        new_state, attention = model.step(model.gates_for_tokens(token_ids), state, features, keys)
+        new_state, attention = model.step(model.token_inputs(token_ids), state, features, keys)
         return tf.nn.log_softmax(model.logits(new_state)), new_state, attention
 
     result = beam_decode(

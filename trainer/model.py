@@ -27,11 +27,13 @@ class FeatureLayer:
     channels: int
 
 
-# `--feature_layer`: the last map (7×7 locations at 224 px, each seeing the whole image) or the
-# stride-16 map of Show, Attend and Tell's grid (14×14 at 224 px, each seeing less of it).
+# `--feature_layer`: the last map (7×7 locations at 224 px, each seeing the whole image), the
+# stride-16 map of Show, Attend and Tell's grid (14×14 at 224 px, each seeing less of it), or
+# the stride-8 map (28×28 at 224 px), whose locations see less still.
 FEATURE_LAYERS = {
     "top": FeatureLayer("top_activation", 32, 1280),
     "block5": FeatureLayer("block5c_add", 16, 112),
+    "block3": FeatureLayer("block3b_add", 8, 40),
 }
 DEFAULT_FEATURE_LAYER = "top"
 
@@ -217,9 +219,12 @@ class Captioner(keras.Model):
         self.attention_score = keras.layers.Dense(1, name="attention_score")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         # GRU weights, split by what they read so each matmul runs where it is cheapest:
-        # token → input gates over all steps at once; context → input gates per step;
-        # state → [attention query | recurrent gates] in one matmul per step.
-        self.token_gates = keras.layers.Dense(3 * units, name="gru_token_gates")
+        # token → [attention query | input gates] over all steps at once; context → input
+        # gates per step; state → [attention query | recurrent gates] in one matmul per step.
+        # The query reads the word just said as well as the state (as the top-down attention
+        # of Anderson et al., 2018, does): after "a red", the step that says the shape can
+        # look at the red object, where the state alone only knew a colour was coming.
+        self.token_projection = keras.layers.Dense(4 * units, name="token_projection")
         self.context_gates = keras.layers.Dense(3 * units, use_bias=False, name="gru_context_gates")
         self.state_projection = keras.layers.Dense(4 * units, name="gru_state_projection")
         self.fc1 = keras.layers.Dense(units, name="fc1")
@@ -262,11 +267,13 @@ class Captioner(keras.Model):
         return tf.zeros([batch_size, self.units], self.compute_dtype)
 
     def step(
-        self, token_gates: tf.Tensor, state: tf.Tensor, features: tf.Tensor, keys: tf.Tensor
+        self, token_inputs: tf.Tensor, state: tf.Tensor, features: tf.Tensor, keys: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One decoder step: previous token's gates and state → (new state, attention [B, L])."""
+        """One decoder step: the previous token's `token_inputs` and the state → (new state,
+        attention [B, L])."""
         projected = self.state_projection(state)
-        query, recurrent = projected[:, : self.units], projected[:, self.units :]
+        query = projected[:, : self.units] + token_inputs[:, : self.units]
+        token_gates, recurrent = token_inputs[:, self.units :], projected[:, self.units :]
         scores = self.attention_score(tf.tanh(keys + query[:, None, :]))[..., 0]
         attention = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
         context = tf.reduce_sum(tf.cast(attention, features.dtype)[..., None] * features, axis=1)
@@ -279,8 +286,9 @@ class Captioner(keras.Model):
         new_state = update * state + (1.0 - update) * candidate
         return new_state, attention
 
-    def gates_for_tokens(self, token_ids: tf.Tensor) -> tf.Tensor:
-        return self.token_gates(self.embedding(token_ids))
+    def token_inputs(self, token_ids: tf.Tensor) -> tf.Tensor:
+        """Token ids [...] → what each adds to a step: [attention query | GRU input gates]."""
+        return self.token_projection(self.embedding(token_ids))
 
     def logits(self, outputs: tf.Tensor) -> tf.Tensor:
         """GRU outputs [..., U] → float32 logits [..., V]."""
@@ -290,12 +298,12 @@ class Captioner(keras.Model):
         self, features: tf.Tensor, keys: tf.Tensor, input_ids: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Training pass: input ids [B, T] → (logits [B, T, V] float32, attention [B, T, L])."""
-        all_gates = self.gates_for_tokens(input_ids)
+        all_inputs = self.token_inputs(input_ids)
         state = self.initial_state(tf.shape(input_ids)[0])
         outputs, attentions = [], []
         # T is static (the padded length), so the loop unrolls into one graph XLA can fuse.
         for position in range(input_ids.shape[1]):
-            state, attention = self.step(all_gates[:, position], state, features, keys)
+            state, attention = self.step(all_inputs[:, position], state, features, keys)
             outputs.append(state)
             attentions.append(attention)
         return self.logits(tf.stack(outputs, axis=1)), tf.stack(attentions, axis=1)

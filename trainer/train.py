@@ -42,6 +42,7 @@ def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: li
         "location_embedding": True,  # Checkpoints from before it have no such weights.
         "relation_layers": config.relation_layers,
         "feature_layer": config.feature_layer,
+        "attention_query": "state_and_token",  # Checkpoints from before it: state alone.
     }
 
 
