@@ -153,6 +153,11 @@ def summarise(metrics: dict, served: dict, config, beam_size: int, length_alpha:
             name: round(figures["accuracy"], 4)
             for name, figures in metrics.get("contrast_accuracy", {}).items()
         },
+        # At best, seeing the scene but not the caption's second object (trainer/grounding.py).
+        "contrast_ceiling": {
+            name: round(figures["ceiling"], 4)
+            for name, figures in metrics.get("contrast_ceiling", {}).items()
+        },
         "pointing_game": metrics.get("pointing_game"),
         "test_images": metrics["images"],
         # The SavedModel on the original photos, as a user sends them.

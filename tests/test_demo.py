@@ -39,6 +39,7 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert 0.0 <= summary["relation_captions"] <= 1.0
     assert set(summary["contrast_accuracy"]) == {"left/right", "above/below"}
     assert all(0.0 <= value <= 1.0 for value in summary["contrast_accuracy"].values())
+    assert set(summary["contrast_ceiling"]) == {"left/right", "above/below"}
     assert summary["length_alpha"] == decoding.LENGTH_ALPHA
     pointing = summary["pointing_game"]
     assert pointing["grid"] == "2x2" and pointing["words"] >= 0  # 32 px at stride 16.

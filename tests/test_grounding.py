@@ -68,3 +68,26 @@ def test_a_word_that_names_no_single_object_is_not_scored():
     assert grounding.named_objects(tokens, SCENE["objects"]) == []
     twins = SCENE["objects"] + [dict(SCENE["objects"][0], x=350)]
     assert grounding.named_objects(["a", "red", "circle"], twins) == []
+
+
+def test_a_relation_true_both_ways_for_its_first_object_halves_the_contrast_ceiling():
+    # The red circle (middle) has the blue square to its right and the green one to its left.
+    scene = {
+        "width": 400,
+        "height": 400,
+        "objects": [
+            {"shape": "circle", "color": "red", "x": 200, "y": 200, "radius": 20, "gap": 10},
+            {"shape": "square", "color": "blue", "x": 340, "y": 200, "radius": 20, "gap": 10},
+            {"shape": "square", "color": "green", "x": 60, "y": 200, "radius": 20, "gap": 10},
+        ],
+    }
+    references = [
+        "a red circle to the left of a blue square and a green square",  # Ambiguous.
+        "a blue square to the right of a red circle and a green square",  # Only one way.
+        "a red circle and a blue square and a green square",  # No relation.
+    ]
+    ceiling = grounding.contrast_ceiling(
+        [{"image": "s.jpg", "references": references}], {"s.jpg": scene}
+    )
+    assert ceiling["left/right"] == {"ceiling": 0.75, "ambiguous": 1, "tokens": 2}
+    assert ceiling["above/below"]["tokens"] == 0

@@ -91,15 +91,18 @@ def find_scenes(data_dir: str) -> str | None:
     return next((path for path in candidates if path and tf.io.gfile.exists(path)), None)
 
 
-def truth_figures(filenames: list[str], hypotheses: list[str], scenes_path: str) -> dict:
+def truth_figures(
+    filenames: list[str], hypotheses: list[str], scenes_path: str, scenes: dict | None = None
+) -> dict:
     """`true_captions` (share of captions true of their scene) and the false ones by reason.
 
     `false_captions` counts each false caption once, under the first of
     `sample_scenes.FALSE_REASONS` it fails. `relation_captions`: the share that state a relation
     (a caption can be true by saying less; this says how much it says). An image missing from
     scenes.json is an error: the share would otherwise be of fewer images than the metrics say.
+    `scenes`: the table read from `scenes_path`, when the caller has read it already.
     """
-    scenes = sample_scenes.load_scenes(scenes_path)
+    scenes = scenes if scenes is not None else sample_scenes.load_scenes(scenes_path)
     missing = sorted(set(filenames) - set(scenes))
     if missing:
         raise data.DataError(
@@ -283,8 +286,12 @@ def evaluate(
         metrics["contrast_accuracy"] = contrasts
     scenes = find_scenes(data_dir)
     if scenes:
-        metrics.update(truth_figures([row["image"] for row in rows], hypotheses, scenes))
-        metrics["pointing_game"] = grounding.pointing_game(rows, sample_scenes.load_scenes(scenes))
+        scene_table = sample_scenes.load_scenes(scenes)
+        filenames = [row["image"] for row in rows]
+        metrics.update(truth_figures(filenames, hypotheses, scenes, scene_table))
+        metrics["pointing_game"] = grounding.pointing_game(rows, scene_table)
+        if contrasts:
+            metrics["contrast_ceiling"] = grounding.contrast_ceiling(rows, scene_table)
     output_dir = output_dir or os.path.join(job_dir, f"eval_{split}")
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as out:

@@ -67,3 +67,48 @@ def pointing_game(rows: list[dict], scenes: dict) -> dict:
         "mass_on_object": float(np.mean(masses)) if count else float("nan"),
         "chance": float(np.mean(chances)) if count else float("nan"),
     }
+
+
+_OPPOSITE = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
+_AXIS = {"to the left of": "left/right", "to the right of": "left/right"}
+
+
+def contrast_ceiling(rows: list[dict], scenes: dict) -> dict:
+    """What `contrast_accuracy` can reach at best, per pair, from each row's "references".
+
+    At the relation word ("a red circle [left/right] ...") the second object is not yet named.
+    Where the first object has objects on both sides, both words are true of some continuation,
+    and which one the reference took cannot be known: an oracle that sees the scene scores such
+    a word one time in two at best. {"left/right": {"ceiling", "ambiguous", "tokens"}, ...}.
+    """
+    counts = {"left/right": [0, 0], "above/below": [0, 0]}
+    for row in rows:
+        objects = scenes[row["image"]]["objects"]
+        for reference in row["references"]:
+            for first, relation, _ in sample_scenes.parse_caption(reference) or ():
+                if relation is None:
+                    continue
+                firsts = [o for o in objects if all(o[k] == v for k, v in first.items())]
+                opposite = _OPPOSITE[relation]
+                both_ways = any(
+                    sample_scenes.relation_holds(opposite, a, b)
+                    for a in firsts
+                    for b in objects
+                    if b is not a
+                )
+                axis = counts[_AXIS.get(relation, "above/below")]
+                axis[0] += both_ways
+                axis[1] += 1
+    return {
+        name: {
+            "ceiling": 1.0 - 0.5 * ambiguous / total if total else float("nan"),
+            "ambiguous": ambiguous,
+            "tokens": total,
+        }
+        for name, (ambiguous, total) in counts.items()
+    }
