@@ -8,7 +8,6 @@ import pytest
 
 from preprocess import scenes
 from serving import demo
-from trainer import decoding
 from trainer import model as model_lib
 
 
@@ -40,7 +39,7 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert set(summary["contrast_accuracy"]) == {"left/right", "above/below"}
     assert all(0.0 <= value <= 1.0 for value in summary["contrast_accuracy"].values())
     assert set(summary["contrast_ceiling"]) == {"left/right", "above/below"}
-    assert summary["length_alpha"] == decoding.LENGTH_ALPHA
+    assert summary["length_alpha"] == demo.DEMO_LENGTH_ALPHA
     pointing = summary["pointing_game"]
     assert pointing["grid"] == "2x2" and pointing["words"] >= 0  # 32 px at stride 16.
     # The SavedModel on the original photos: the evaluation's captions (same pixels, same beam).
