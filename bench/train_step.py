@@ -10,12 +10,12 @@ baseline: the same Captioner and weights trained by an eager Python loop over th
 original notebook's train step, in the same process.
 Figure and baseline are timed interleaved, in `--rounds` rounds of `--seconds`/rounds each, and
 each is its best round (medians reported too): another process's load then hits both alike.
-roofline: value × 0.81 GFLOP (the train step's dense work per caption at the original sizes)
+roofline: value × 0.83 GFLOP (the train step's dense work per caption at the original sizes)
 ÷ the fp32 rate of a 2048³ tf.matmul (`matmul_gflops`), measured first (`--matmul_seconds`) and
 again in every round, in windows of 4 matmuls: the best window of the run is the divisor
 (another process's load moves the rate by up to 2× within a run; the median is reported too).
 roofline_ceiling: the best roofline this model can reach on this machine, measured in the same
-run. The 0.81 GFLOP count holds only the matmuls; the train step must also do work that is not
+run. The 0.83 GFLOP count holds only the matmuls; the train step must also do work that is not
 in it, timed here each part on its own in the fastest form found (XLA): Bahdanau's additive
 scores (tanh over [batch, steps, 49, units] and the reductions of its backward pass) computed
 for all steps at once, which the real loop cannot do (each step's query needs the previous
@@ -47,7 +47,9 @@ from trainer.model import FEATURE_LAYERS, Captioner, masked_loss_sum  # noqa: E4
 
 CNN_CHANNELS = FEATURE_LAYERS["top"].channels
 
-FLOP_PER_CAPTION = 0.81e9  # Issue 4: forward ≈ 0.27 GFLOP, backward ≈ 2× forward.
+# Matmul FLOP per caption at these sizes: forward ≈ 0.276 G (the word's attention query,
+# 2 · 256 · 512 · 24 steps, is 0.006 G of it); backward ≈ 2× forward.
+FLOP_PER_CAPTION = 0.83e9
 LOCATIONS = 49  # 224 px / 32 → 7×7.
 
 
