@@ -82,3 +82,11 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):
     )
     with pytest.raises(loop.TrainingDiverged, match="last good checkpoint"):
         train.train(config)
+
+
+def test_a_job_dir_from_before_the_word_read_query_names_the_fix(tmp_path):
+    # A config.json as older versions wrote it: an identity without "attention_query".
+    identity = {"vocab_size": 12, "units": 32, "feature_layer": "top"}
+    (tmp_path / "config.json").write_text(json.dumps({"flags": {}, "identity": identity}))
+    with pytest.raises(ValueError, match="Train it again with this version"):
+        train.restore(str(tmp_path))

@@ -37,6 +37,10 @@ FEATURE_LAYERS = {
 }
 DEFAULT_FEATURE_LAYER = "top"
 
+# What the attention query reads (`Captioner.step`); job dirs record it, and those from before
+# it read "state" (trainer/job.py's IDENTITY_BEFORE_KEY).
+ATTENTION_QUERY = "state_and_token"
+
 # EfficientNet (the `efficientnet` package) expects torch-style normalised RGB.
 _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)

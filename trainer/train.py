@@ -19,7 +19,13 @@ import tensorflow as tf
 from preprocess import records, text
 from trainer import data, distribute, job, loop, steps
 from trainer.config import TrainConfig, step_jit_compile
-from trainer.model import Captioner, calibrate_batchnorm, num_locations, preprocess_image
+from trainer.model import (
+    ATTENTION_QUERY,
+    Captioner,
+    calibrate_batchnorm,
+    num_locations,
+    preprocess_image,
+)
 
 
 def _check_config(config: TrainConfig, replicas: int) -> None:
@@ -42,7 +48,7 @@ def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: li
         "location_embedding": True,  # Checkpoints from before it have no such weights.
         "relation_layers": config.relation_layers,
         "feature_layer": config.feature_layer,
-        "attention_query": "state_and_token",  # Checkpoints from before it: state alone.
+        "attention_query": ATTENTION_QUERY,
     }
 
 
@@ -221,8 +227,15 @@ def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
 
     Reads the job dir alone: the data dir it was trained from need not exist.
     """
-    flags = job.read_config(job_dir)["flags"]
-    config = TrainConfig(**{**flags, "encoder_weights": "none"})  # Weights come from the ckpt.
+    written = job.read_config(job_dir)
+    query = {**job.IDENTITY_BEFORE_KEY, **written.get("identity", {})}["attention_query"]
+    if query != ATTENTION_QUERY:
+        raise ValueError(
+            f"--job_dir={job_dir} was trained by an older version, whose attention query read "
+            f"the {query} alone; this version's reads the word just said too. Train it again "
+            "with this version (a new --job_dir), or serve it with the version that trained it"
+        )
+    config = TrainConfig(**{**written["flags"], "encoder_weights": "none"})  # Weights: the ckpt.
     latest = tf.train.latest_checkpoint(job.checkpoint_dir(job_dir))
     if not latest:
         raise FileNotFoundError(
