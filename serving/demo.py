@@ -45,7 +45,7 @@ DEMO_TRAINING = {
     # object more often and the decoder learns left from right (BENCHMARKS.md, "Learning
     # quality").
     "feature_layer": "block5",
-    # Half the trainer's GRU: a 21-word grammar needs no more, and the demo fits its budget.
+    # Half the trainer's GRU, for a 21-word grammar; the demo's figures are measured with it.
     "units": 256,
     "epochs": 8,
     "batch_size": 64,
@@ -57,8 +57,9 @@ DEMO_TRAINING = {
 }
 
 
-# The beam's final choice divides by length**0.7: the decoder now knows its relations, and the
-# most probable caption (alpha 0) leaves most of them unsaid (BENCHMARKS.md, "Learning quality").
+# The beam's final choice divides by length**0.7: the most probable caption (alpha 0) is most
+# often the shorter list, which leaves the relations the decoder has learnt unsaid
+# (BENCHMARKS.md, "Learning quality").
 DEMO_LENGTH_ALPHA = 0.7
 
 
