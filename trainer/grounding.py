@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from preprocess import scenes as sample_scenes
+from preprocess import text
 
 
 def box_cells(obj: dict, width: int, height: int, side: int) -> np.ndarray:
@@ -69,13 +70,14 @@ def pointing_game(rows: list[dict], scenes: dict) -> dict:
     }
 
 
-_OPPOSITE = {
-    "to the left of": "to the right of",
-    "to the right of": "to the left of",
-    "above": "below",
-    "below": "above",
-}
-_AXIS = {"to the left of": "left/right", "to the right of": "left/right"}
+def _contrast(relation: str) -> tuple[str, str]:
+    """A relation's pair name in `contrast_accuracy` ("left/right") and its opposite relation."""
+    words = relation.split()
+    for pair in text.SPATIAL_OPPOSITES:
+        for word, other in (pair, pair[::-1]):
+            if word in words:
+                return "/".join(pair), relation.replace(word, other)
+    raise ValueError(f"{relation!r} holds none of {text.SPATIAL_OPPOSITES}")
 
 
 def contrast_ceiling(rows: list[dict], scenes: dict) -> dict:
@@ -86,7 +88,7 @@ def contrast_ceiling(rows: list[dict], scenes: dict) -> dict:
     and which one the reference took cannot be known: an oracle that sees the scene scores such
     a word one time in two at best. {"left/right": {"ceiling", "ambiguous", "tokens"}, ...}.
     """
-    counts = {"left/right": [0, 0], "above/below": [0, 0]}
+    counts = {"/".join(pair): [0, 0] for pair in text.SPATIAL_OPPOSITES}
     for row in rows:
         objects = scenes[row["image"]]["objects"]
         for reference in row["references"]:
@@ -94,16 +96,15 @@ def contrast_ceiling(rows: list[dict], scenes: dict) -> dict:
                 if relation is None:
                     continue
                 firsts = [o for o in objects if all(o[k] == v for k, v in first.items())]
-                opposite = _OPPOSITE[relation]
+                name, opposite = _contrast(relation)
                 both_ways = any(
                     sample_scenes.relation_holds(opposite, a, b)
                     for a in firsts
                     for b in objects
                     if b is not a
                 )
-                axis = counts[_AXIS.get(relation, "above/below")]
-                axis[0] += both_ways
-                axis[1] += 1
+                counts[name][0] += both_ways
+                counts[name][1] += 1
     return {
         name: {
             "ceiling": 1.0 - 0.5 * ambiguous / total if total else float("nan"),

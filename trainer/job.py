@@ -76,14 +76,19 @@ def read_config(job_dir: str) -> dict:
 IDENTITY_BEFORE_KEY = {"feature_layer": "top", "attention_query": "state"}
 
 
+def written_identity(config: dict) -> dict:
+    """The identity a config.json records; a key it gained later reads as what runs before it
+    had (IDENTITY_BEFORE_KEY)."""
+    return {**IDENTITY_BEFORE_KEY, **config.get("identity", {})}
+
+
 def check_resume(job_dir: str, identity: dict) -> None:
     """Refuse to resume a checkpoint made for another vocabulary, schema or model size."""
     if not tf.io.gfile.exists(config_path(job_dir)):
         return
     if not tf.train.latest_checkpoint(checkpoint_dir(job_dir)):
         return
-    # A key the identity gained later reads as what runs before it had.
-    previous = {**IDENTITY_BEFORE_KEY, **read_config(job_dir).get("identity", {})}
+    previous = written_identity(read_config(job_dir))
     changed = {key: (previous.get(key), value) for key, value in identity.items()}
     changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
     if changed:

@@ -228,7 +228,7 @@ def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     Reads the job dir alone: the data dir it was trained from need not exist.
     """
     written = job.read_config(job_dir)
-    query = {**job.IDENTITY_BEFORE_KEY, **written.get("identity", {})}["attention_query"]
+    query = job.written_identity(written)["attention_query"]
     if query != ATTENTION_QUERY:
         raise ValueError(
             f"--job_dir={job_dir} was trained by an older version, whose attention query read "
