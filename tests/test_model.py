@@ -57,6 +57,23 @@ def test_a_finer_feature_layer_is_the_encoders_own_map_at_its_stride(name, side)
     )
 
 
+def test_a_location_with_its_cell_reads_the_fine_map_then_the_coarse_cell_it_lies_in():
+    layer = model_lib.FEATURE_LAYERS["block3+block5"]
+    both = small_model(image_size=64, feature_layer="block3+block5")
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), tf.uint8)
+    features = both.encode(images).numpy().reshape(2, 8, 8, layer.depth)
+    maps = [both.cnn.get_layer(name).output for name in (layer.layer, layer.cell.layer)]
+    fine, coarse = keras.Model(both.cnn.input, maps)(model_lib.preprocess_image(images))
+    assert layer.depth == fine.shape[-1] + coarse.shape[-1] and coarse.shape[1:3] == (4, 4)
+    np.testing.assert_allclose(features[..., : fine.shape[-1]], fine)
+    for row, column in [(0, 0), (0, 1), (3, 6), (7, 7)]:
+        np.testing.assert_allclose(
+            features[:, row, column, fine.shape[-1] :], coarse[:, row // 2, column // 2]
+        )
+    _, attention = both({"image": images, "input_ids": tf.constant([[2, 4, 5]] * 2)})
+    assert attention.shape == (2, 3, 64) == (2, 3, model_lib.num_locations(64, "block3+block5"))
+
+
 def test_an_unknown_feature_layer_names_the_choices():
     with pytest.raises(ValueError, match="block5"):
         small_model(feature_layer="block9")

@@ -25,15 +25,27 @@ class FeatureLayer:
     layer: str
     stride: int
     channels: int
+    # A coarser map whose cell each location lies in; its feature is appended to the location's.
+    cell: FeatureLayer | None = None
 
+    @property
+    def depth(self) -> int:
+        """Channels per location of the features the decoder reads."""
+        return self.channels + (self.cell.channels if self.cell else 0)
+
+
+_BLOCK5 = FeatureLayer("block5c_add", 16, 112)
+_BLOCK3 = FeatureLayer("block3b_add", 8, 40)
 
 # `--feature_layer`: the last map (7×7 locations at 224 px, each seeing the whole image), the
-# stride-16 map of Show, Attend and Tell's grid (14×14 at 224 px, each seeing less of it), or
-# the stride-8 map (28×28 at 224 px), whose locations see less still.
+# stride-16 map of Show, Attend and Tell's grid (14×14 at 224 px, each seeing less of it), the
+# stride-8 map (28×28 at 224 px), whose locations see less still, or the stride-8 map with each
+# location's block-5 cell: a local feature to point with, and one that has seen the other objects.
 FEATURE_LAYERS = {
     "top": FeatureLayer("top_activation", 32, 1280),
-    "block5": FeatureLayer("block5c_add", 16, 112),
-    "block3": FeatureLayer("block3b_add", 8, 40),
+    "block5": _BLOCK5,
+    "block3": _BLOCK3,
+    "block3+block5": dataclasses.replace(_BLOCK3, cell=_BLOCK5),
 }
 DEFAULT_FEATURE_LAYER = "top"
 
@@ -202,8 +214,13 @@ class Captioner(keras.Model):
         self.feature_layer = feature_layer
         # The whole network stays `cnn` (its weights files and checkpoints are the whole
         # EfficientNetB0's); `features_of` runs it up to the chosen map only.
-        output = self.cnn.get_layer(FEATURE_LAYERS[feature_layer].layer).output
-        self.features_of = keras.Model(self.cnn.input, output, name="feature_map")
+        chosen = FEATURE_LAYERS[feature_layer]
+        maps = [chosen.layer] + ([chosen.cell.layer] if chosen.cell else [])
+        outputs = [self.cnn.get_layer(name).output for name in maps]
+        # One map, or (the map, its cells): Keras returns a lone output unwrapped.
+        self.features_of = keras.Model(
+            self.cnn.input, outputs if chosen.cell else outputs[0], name="feature_map"
+        )
         self.fc = keras.layers.Dense(embedding_dim, activation="relu", name="fc")
         # Which location a feature came from. The attention context is a weighted *sum* over
         # locations, so without this the decoder could not tell left from right: the features
@@ -238,13 +255,16 @@ class Captioner(keras.Model):
 
     def encode(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Images [B, H, W, 3] of raw pixel values (uint8) → CNN features [B, L, C]."""
-        feature_map = self.features_of(
-            preprocess_image(images), training=training and self.train_encoder
-        )
+        maps = self.features_of(preprocess_image(images), training=training and self.train_encoder)
+        layer = FEATURE_LAYERS[self.feature_layer]
+        feature_map, cell_map = maps if layer.cell else (maps, None)
         height, width = feature_map.shape[1], feature_map.shape[2]
+        if layer.cell:  # Each location gets the feature of the coarser cell it lies in.
+            factor = layer.cell.stride // layer.stride
+            cells = tf.repeat(tf.repeat(cell_map, factor, axis=1), factor, axis=2)
+            feature_map = tf.concat([feature_map, cells[:, :height, :width]], axis=-1)
         locations = height * width if height and width else -1
-        channels = FEATURE_LAYERS[self.feature_layer].channels
-        return tf.reshape(feature_map, [tf.shape(feature_map)[0], locations, channels])
+        return tf.reshape(feature_map, [tf.shape(feature_map)[0], locations, layer.depth])
 
     def prepare(self, cnn_features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """CNN features → (features [B, L, E], attention keys [B, L, U]).
@@ -326,7 +346,7 @@ class Captioner(keras.Model):
         construction, so one decoder step on zero features builds the rest."""
         layer = FEATURE_LAYERS[self.feature_layer]
         locations = num_locations(self.image_size, self.feature_layer)
-        features = tf.zeros([1, locations, layer.channels])
+        features = tf.zeros([1, locations, layer.depth])
         self({"cnn_features": features, "input_ids": tf.zeros([1, 1], tf.int32)})
 
 

@@ -343,7 +343,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "cells_layer",
         "",
-        ["", *sorted(model.FEATURE_LAYERS)],
+        ["", *sorted(name for name, layer in model.FEATURE_LAYERS.items() if not layer.cell)],
         "Also train a per-location head on this map (trainer.task's --feature_layer): for each "
         "cell, which kinds' boxes overlap it, so that map's features say what is where.",
     )

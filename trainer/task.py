@@ -133,8 +133,9 @@ def _define_model_flags() -> None:
         defaults.feature_layer,
         sorted(model.FEATURE_LAYERS),
         "EfficientNetB0 map the decoder attends over: top (stride 32: 7x7 at 224 px), block5 "
-        "(stride 16: 14x14 at 224 px, the grid of Show, Attend and Tell) or block3 (stride 8: "
-        "28x28 at 224 px, each location seeing the least of the image).",
+        "(stride 16: 14x14 at 224 px, the grid of Show, Attend and Tell), block3 (stride 8: "
+        "28x28 at 224 px, each location seeing the least of the image) or block3+block5 (block3's "
+        "locations, each with the feature of the block5 cell it lies in).",
     )
     flags.DEFINE_string(
         "encoder_weights",
