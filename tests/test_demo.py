@@ -1,6 +1,7 @@
 """`make demo`: the shipped encoder weights load, and the whole demo runs end to end, tiny."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -41,7 +42,8 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert set(summary["contrast_ceiling"]) == {"left/right", "above/below"}
     assert summary["length_alpha"] == demo.DEMO_LENGTH_ALPHA
     pointing = summary["pointing_game"]
-    assert pointing["grid"] == "2x2" and pointing["words"] >= 0  # 32 px at stride 16.
+    side = math.isqrt(model_lib.num_locations(32, training["feature_layer"]))
+    assert pointing["grid"] == f"{side}x{side}" and pointing["words"] >= 0
     # The SavedModel on the original photos: the evaluation's captions (same pixels, same beam).
     assert summary["served"]["equal_to_evaluated"] >= 0.8
     assert 0.0 <= summary["served"]["true_captions"] <= 1.0
