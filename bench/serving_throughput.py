@@ -89,7 +89,7 @@ def eager_caption(model: Captioner, image_bytes: bytes, tokens: list[str], max_l
     """The original's caption(): one image, eager ops, a Python loop over decoder steps."""
     image = preprocess_image(tf.constant(image_bytes), IMAGE_SIZE)
     features, keys = model.prepare(model.encode(image[None]))
-    state = model.initial_state(1)
+    state = model.initial_state(features)
     token = tf.constant([text.START_ID])
     words = []
     for _ in range(max_length - 1):

@@ -144,7 +144,7 @@ def eager_loss(model, batch: dict) -> tf.Tensor:
     """Loss per token by a Python loop over time steps, eagerly, as the original notebook did."""
     input_ids, target_ids = batch["input_ids"], batch["target_ids"]
     features, keys = model.prepare(batch["cnn_features"])
-    state = model.initial_state(tf.shape(input_ids)[0])
+    state = model.initial_state(features)
     loss_sum = tokens = 0.0
     for position in range(input_ids.shape[1]):
         gates = model.token_inputs(input_ids[:, position])

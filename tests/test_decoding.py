@@ -80,7 +80,7 @@ def test_ids_to_text_stops_at_end_and_drops_padding():
 def eager_greedy(model, cnn_features, max_steps):
     """The original's way: one image, one Python step at a time, eagerly."""
     features, keys = model.prepare(cnn_features)
-    state = model.initial_state(1)
+    state = model.initial_state(features)
     token, ids = tf.constant([text.START_ID]), []
     for _ in range(max_steps):
         state, _ = model.step(model.token_inputs(token), state, features, keys)

@@ -123,6 +123,22 @@ def test_the_decoder_knows_where_each_feature_is(model64):
     assert np.abs(prepared[:, 0].numpy() - prepared[:, 1].numpy()).max() > 1e-4
 
 
+def test_an_image_read_initial_state_knows_where_each_object_is(model64):
+    features = random_features(locations=4).numpy()
+    swapped = features[:, [1, 0, 2, 3]]  # The same objects, two of them trading places.
+
+    def first_state(one_model, inputs):
+        return one_model.initial_state(one_model.prepare(tf.constant(inputs))[0]).numpy()
+
+    assert model64.initial_state_from == "image" and first_state(model64, features).shape == (3, 32)
+    # A mean over locations would be the same for both layouts; the state read in place is not.
+    assert np.abs(first_state(model64, features) - first_state(model64, swapped)).max() > 1e-3
+    zeros = small_model(image_size=64, initial_state="zeros")
+    np.testing.assert_array_equal(first_state(zeros, features), np.zeros((3, 32)))
+    with pytest.raises(ValueError, match="zeros"):
+        small_model(initial_state="mean")
+
+
 def test_relation_layers_let_each_location_see_the_others_and_are_checkpointed(model64, tmp_path):
     features = random_features(locations=4).numpy()
     changed = features.copy()

@@ -84,6 +84,20 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):
         train.train(config)
 
 
+def test_a_job_dir_from_before_the_image_read_initial_state_restores_with_zeros(
+    tiny_data, tmp_path
+):
+    job_dir = tmp_path / "job"
+    trained, _, _ = train.train_model(tiny_config(tiny_data, job_dir, initial_state="zeros"))
+    written = json.loads((job_dir / "config.json").read_text())
+    del written["flags"]["initial_state"], written["identity"]["initial_state"]
+    (job_dir / "config.json").write_text(json.dumps(written))
+    restored, _, config = train.restore(str(job_dir))
+    assert config.initial_state == restored.initial_state_from == "zeros"
+    for a, b in zip(trained.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_job_dir_from_before_the_word_read_query_names_the_fix(tmp_path):
     # A config.json as older versions wrote it: an identity without "attention_query".
     identity = {"vocab_size": 12, "units": 32, "feature_layer": "top"}

@@ -29,6 +29,7 @@ class TrainConfig:
     relation_layers: int = 0
     image_size: int = 224
     feature_layer: str = "top"  # A key of trainer.model.FEATURE_LAYERS.
+    initial_state: str = "image"  # Or "zeros" (trainer.model.INITIAL_STATES).
     encoder_weights: str = "imagenet"
     train_encoder: bool = False
     cache_features: bool = True

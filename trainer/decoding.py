@@ -174,7 +174,7 @@ def caption(
 
     result = beam_decode(
         step_fn,
-        model.initial_state(batch_size * beam_size),
+        model.initial_state(features),
         batch_size,
         max_length - 1,
         beam_size,

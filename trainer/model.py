@@ -53,6 +53,14 @@ DEFAULT_FEATURE_LAYER = "top"
 # it read "state" (trainer/job.py's IDENTITY_BEFORE_KEY).
 ATTENTION_QUERY = "state_and_token"
 
+# `--initial_state`: the GRU starts from zeros, or from the whole image (Show, Attend and Tell's
+# f_init): a state read off every location's feature in place, so that the decoder knows where
+# every object is before it says a word.
+INITIAL_STATES = ("image", "zeros")
+DEFAULT_INITIAL_STATE = "image"
+# Channels per location that the image-read initial state keeps before reading them all at once.
+LAYOUT_CHANNELS = 32
+
 # EfficientNet (the `efficientnet` package) expects torch-style normalised RGB.
 _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
@@ -197,6 +205,7 @@ class Captioner(keras.Model):
         train_encoder: bool = False,
         relation_layers: int = 0,
         feature_layer: str = DEFAULT_FEATURE_LAYER,
+        initial_state: str = DEFAULT_INITIAL_STATE,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -204,6 +213,8 @@ class Captioner(keras.Model):
             raise ValueError(
                 f"--feature_layer={feature_layer}: expected one of {sorted(FEATURE_LAYERS)}"
             )
+        if initial_state not in INITIAL_STATES:
+            raise ValueError(f"--initial_state={initial_state}: expected one of {INITIAL_STATES}")
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units
@@ -236,6 +247,12 @@ class Captioner(keras.Model):
         for index in range(relation_layers):
             name = f"relation_{index}"
             setattr(self, name, RelationBlock(embedding_dim, name=name))
+        self.initial_state_from = initial_state
+        if initial_state == "image":
+            # Each location's feature narrowed, then all of them read in place: a flattened
+            # map keeps which feature lay where, which a mean over locations would lose.
+            self.layout = keras.layers.Dense(LAYOUT_CHANNELS, activation="relu", name="layout")
+            self.layout_state = keras.layers.Dense(units, activation="tanh", name="layout_state")
         self.attention_keys = keras.layers.Dense(units, name="attention_keys")
         self.attention_score = keras.layers.Dense(1, name="attention_score")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
@@ -287,8 +304,13 @@ class Captioner(keras.Model):
 
     # Decoder ---------------------------------------------------------------------------------
 
-    def initial_state(self, batch_size: tf.Tensor) -> tf.Tensor:
-        return tf.zeros([batch_size, self.units], self.compute_dtype)
+    def initial_state(self, features: tf.Tensor) -> tf.Tensor:
+        """Prepared features [B, L, E] → the GRU's state before the first word [B, U]."""
+        if self.initial_state_from == "zeros":
+            return tf.zeros([tf.shape(features)[0], self.units], self.compute_dtype)
+        layout = self.layout(features)
+        locations = self.location_embedding.input_dim
+        return self.layout_state(tf.reshape(layout, [-1, locations * LAYOUT_CHANNELS]))
 
     def step(
         self, token_inputs: tf.Tensor, state: tf.Tensor, features: tf.Tensor, keys: tf.Tensor
@@ -323,7 +345,7 @@ class Captioner(keras.Model):
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Training pass: input ids [B, T] → (logits [B, T, V] float32, attention [B, T, L])."""
         all_inputs = self.token_inputs(input_ids)
-        state = self.initial_state(tf.shape(input_ids)[0])
+        state = self.initial_state(features)
         outputs, attentions = [], []
         # T is static (the padded length), so the loop unrolls into one graph XLA can fuse.
         for position in range(input_ids.shape[1]):

@@ -137,6 +137,13 @@ def _define_model_flags() -> None:
         "28x28 at 224 px, each location seeing the least of the image) or block3+block5 (block3's "
         "locations, each with the feature of the block5 cell it lies in).",
     )
+    flags.DEFINE_enum(
+        "initial_state",
+        defaults.initial_state,
+        list(model.INITIAL_STATES),
+        "The GRU's state before the first word: read off the image's feature map, every "
+        "location in place (image), or zeros.",
+    )
     flags.DEFINE_string(
         "encoder_weights",
         defaults.encoder_weights,

@@ -49,6 +49,7 @@ def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: li
         "relation_layers": config.relation_layers,
         "feature_layer": config.feature_layer,
         "attention_query": ATTENTION_QUERY,
+        "initial_state": config.initial_state,
     }
 
 
@@ -62,6 +63,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
         train_encoder=config.train_encoder,
         relation_layers=config.relation_layers,
         feature_layer=config.feature_layer,
+        initial_state=config.initial_state,
     )
     model.build_all()
     return model
@@ -228,14 +230,16 @@ def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     Reads the job dir alone: the data dir it was trained from need not exist.
     """
     written = job.read_config(job_dir)
-    query = job.written_identity(written)["attention_query"]
+    identity = job.written_identity(written)
+    query = identity["attention_query"]
     if query != ATTENTION_QUERY:
         raise ValueError(
             f"--job_dir={job_dir} was trained by an older version, whose attention query read "
             f"the {query} alone; this version's reads the word just said too. Train it again "
             "with this version (a new --job_dir), or serve it with the version that trained it"
         )
-    config = TrainConfig(**{**written["flags"], "encoder_weights": "none"})  # Weights: the ckpt.
+    flags = {"initial_state": identity["initial_state"], **written["flags"]}
+    config = TrainConfig(**{**flags, "encoder_weights": "none"})  # Weights: the checkpoint's.
     latest = tf.train.latest_checkpoint(job.checkpoint_dir(job_dir))
     if not latest:
         raise FileNotFoundError(
