@@ -47,8 +47,9 @@ from trainer.model import FEATURE_LAYERS, Captioner, masked_loss_sum  # noqa: E4
 
 CNN_CHANNELS = FEATURE_LAYERS["top"].channels
 
-# Matmul FLOP per caption at these sizes: forward ≈ 0.276 G (the word's attention query,
-# 2 · 256 · 512 · 24 steps, is 0.006 G of it); backward ≈ 2× forward.
+# Matmul FLOP per caption at these sizes: forward ≈ 0.278 G (the word's attention query,
+# 2 · 256 · 512 · 24 steps, is 0.006 G of it; the image-read initial state, 2 · 49 · 256 · 32 +
+# 2 · 1568 · 512, 0.002 G); backward ≈ 2× forward.
 FLOP_PER_CAPTION = 0.83e9
 LOCATIONS = 49  # 224 px / 32 → 7×7.
 
