@@ -15,9 +15,9 @@ from trainer import train
 
 COMMON = [*TINY_FLAGS, "--epochs=1", "--max_steps=2", "--deterministic", "--evaluate=false"]
 # Float noise only: XLA (on by default for cached features) sums a replica's half batch in
-# another order than the whole batch, and Adam's normalised updates carry that to ~1e-5 in a
-# few weights. A missed, repeated or wrongly restored step moves weights by ~lr = 1e-2.
-WEIGHT_TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+# another order than the whole batch, and Adam's normalised updates carry that to a few 1e-5 in
+# a few weights. A missed, repeated or wrongly restored step moves weights by ~lr = 1e-2.
+WEIGHT_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
 
 def free_port() -> int:
