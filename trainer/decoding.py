@@ -164,9 +164,11 @@ def caption(
     """
     features, keys = model.prepare(cnn_features)
     batch_size = tf.shape(features)[0]
+    state = model.initial_state(features)  # Once per image; every beam starts from it.
     if beam_size > 1:
         features = tf.repeat(features, beam_size, axis=0)
         keys = tf.repeat(keys, beam_size, axis=0)
+        state = tf.repeat(state, beam_size, axis=0)
 
     def step_fn(token_ids: tf.Tensor, state: tf.Tensor):
         new_state, attention = model.step(model.token_inputs(token_ids), state, features, keys)
@@ -174,7 +176,7 @@ def caption(
 
     result = beam_decode(
         step_fn,
-        model.initial_state(features),
+        state,
         batch_size,
         max_length - 1,
         beam_size,
