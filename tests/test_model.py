@@ -161,6 +161,32 @@ def test_relation_layers_let_each_location_see_the_others_and_are_checkpointed(m
     np.testing.assert_array_equal(location0(restored, features), location0(related, features))
 
 
+def test_each_attention_head_reads_its_own_context_and_plots_show_their_mean():
+    two = small_model(image_size=64, attention_heads=2)
+    features = two.prepare(random_features(locations=4))[0].numpy()
+    # Keys that saturate the hidden layer: unit 0 high at location 0 only, unit 1 at location 3;
+    # head h's score reads unit h alone, so head 0 looks at location 0 and head 1 at location 3.
+    keys = np.full((3, 4, 32), 0.0, np.float32)
+    keys[:, :, :2] = -30.0
+    keys[:, 0, 0] = keys[:, 3, 1] = 30.0
+    two.attention_score.set_weights([20.0 * np.eye(32, 2, dtype=np.float32), np.zeros(2)])
+    token = two.token_inputs(tf.constant([4, 4, 4]))
+
+    def step(prepared):
+        return two.step(token, tf.zeros([3, 32]), tf.constant(prepared), tf.constant(keys))
+
+    new_state, attention = step(features)
+    # The map plots and the pointing game read is the mean of the heads' maps.
+    np.testing.assert_allclose(attention.numpy(), [[0.5, 0, 0, 0.5]] * 3, atol=1e-6)
+    # Each head's context reaches the state: a change at the location only head 1 reads moves it.
+    changed = features.copy()
+    changed[:, 3] += 1.0
+    assert np.abs(step(changed)[0].numpy() - new_state.numpy()).max() > 1e-4
+    assert two.context_gates.kernel.shape == (2 * 16, 3 * 32)
+    with pytest.raises(ValueError, match="attention_heads"):
+        small_model(attention_heads=0)
+
+
 def test_features_of_another_image_size_are_refused(model64):
     with pytest.raises(ValueError, match="64 px images .4 locations"):
         model64.prepare(random_features(locations=49))

@@ -27,6 +27,7 @@ class TrainConfig:
     embedding_dim: int = 256
     units: int = 512
     relation_layers: int = 0
+    attention_heads: int = 1
     image_size: int = 224
     feature_layer: str = "top"  # A key of trainer.model.FEATURE_LAYERS.
     initial_state: str = "image"  # Or "zeros" (trainer.model.INITIAL_STATES).

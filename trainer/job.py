@@ -73,7 +73,12 @@ def read_config(job_dir: str) -> dict:
     return json.loads(_read(job_dir, config_path(job_dir), ""))
 
 
-IDENTITY_BEFORE_KEY = {"feature_layer": "top", "attention_query": "state", "initial_state": "zeros"}
+IDENTITY_BEFORE_KEY = {
+    "feature_layer": "top",
+    "attention_query": "state",
+    "initial_state": "zeros",
+    "attention_heads": 1,
+}
 
 
 def written_identity(config: dict) -> dict:

@@ -206,6 +206,7 @@ class Captioner(keras.Model):
         relation_layers: int = 0,
         feature_layer: str = DEFAULT_FEATURE_LAYER,
         initial_state: str = DEFAULT_INITIAL_STATE,
+        attention_heads: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -254,7 +255,12 @@ class Captioner(keras.Model):
             self.layout = keras.layers.Dense(LAYOUT_CHANNELS, activation="relu", name="layout")
             self.layout_state = keras.layers.Dense(units, activation="tanh", name="layout_state")
         self.attention_keys = keras.layers.Dense(units, name="attention_keys")
-        self.attention_score = keras.layers.Dense(1, name="attention_score")
+        # One score per head over the same hidden layer: each head reads its own context, so one
+        # can hold the object just named while another looks for the one a relation points to.
+        if attention_heads < 1:
+            raise ValueError(f"--attention_heads={attention_heads}: expected 1 or more")
+        self.attention_heads = attention_heads
+        self.attention_score = keras.layers.Dense(attention_heads, name="attention_score")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         # GRU weights, split by what they read so each matmul runs where it is cheapest:
         # token → [attention query | input gates] over all steps at once; context → input
@@ -316,13 +322,15 @@ class Captioner(keras.Model):
         self, token_inputs: tf.Tensor, state: tf.Tensor, features: tf.Tensor, keys: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """One decoder step: the previous token's `token_inputs` and the state → (new state,
-        attention [B, L])."""
+        attention [B, L], the mean of the heads' maps)."""
         projected = self.state_projection(state)
         query = projected[:, : self.units] + token_inputs[:, : self.units]
         token_gates, recurrent = token_inputs[:, self.units :], projected[:, self.units :]
-        scores = self.attention_score(tf.tanh(keys + query[:, None, :]))[..., 0]
-        attention = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
-        context = tf.reduce_sum(tf.cast(attention, features.dtype)[..., None] * features, axis=1)
+        scores = self.attention_score(tf.tanh(keys + query[:, None, :]))  # [B, L, heads]
+        weights = tf.nn.softmax(tf.cast(scores, tf.float32), axis=1)
+        contexts = tf.einsum("blh,ble->bhe", tf.cast(weights, features.dtype), features)
+        context = tf.reshape(contexts, [-1, self.attention_heads * features.shape[-1]])
+        attention = tf.reduce_mean(weights, axis=-1)
         gates = token_gates + self.context_gates(context)
         input_z, input_r, input_h = tf.split(gates, 3, axis=-1)
         recurrent_z, recurrent_r, recurrent_h = tf.split(recurrent, 3, axis=-1)

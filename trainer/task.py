@@ -126,6 +126,12 @@ def _define_model_flags() -> None:
         lower_bound=0,
     )
     flags.DEFINE_integer(
+        "attention_heads",
+        defaults.attention_heads,
+        "Attention maps the decoder reads each step (one context each); plots show their mean.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
         "image_size", defaults.image_size, "Encoder input side, pixels.", lower_bound=32
     )
     flags.DEFINE_enum(

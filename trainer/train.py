@@ -50,6 +50,7 @@ def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: li
         "feature_layer": config.feature_layer,
         "attention_query": ATTENTION_QUERY,
         "initial_state": config.initial_state,
+        "attention_heads": config.attention_heads,
     }
 
 
@@ -64,6 +65,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
         relation_layers=config.relation_layers,
         feature_layer=config.feature_layer,
         initial_state=config.initial_state,
+        attention_heads=config.attention_heads,
     )
     model.build_all()
     return model
