@@ -43,3 +43,11 @@ def test_resume_is_refused_for_another_identity_and_allowed_for_the_same(tmp_pat
     job.check_resume(str(tmp_path), identity)
     with pytest.raises(ValueError, match="vocab_size: 7 → 9"):
         job.check_resume(str(tmp_path), {"vocab_size": 9, "units": 32})
+
+
+def test_an_identity_key_added_later_reads_as_what_runs_before_it_had(tmp_path):
+    # A config.json from before --attention_heads: its checkpoint holds one head's weights.
+    old = {"identity": {"vocab_size": 7, "units": 32}}
+    identity = job.written_identity(old)
+    assert identity["attention_heads"] == 1 and identity["initial_state"] == "zeros"
+    assert job.written_identity({"identity": {"attention_heads": 2}})["attention_heads"] == 2
