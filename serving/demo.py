@@ -50,9 +50,7 @@ DEMO_TRAINING = {
     "feature_layer": "block3+block5",
     # Half the trainer's GRU, for a 21-word grammar; the demo's figures are measured with it.
     "units": 256,
-    # More scenes for fewer epochs: the same steps, more layouts to learn the relations from
-    # (BENCHMARKS.md, "Learning quality").
-    "epochs": 7,
+    "epochs": 7,  # Over DEMO_IMAGES scenes: more layouts rather than more passes.
     # Half the pairs mirrored left-right, "left" <-> "right" in their captions: left from right
     # is learnt from twice the layouts (BENCHMARKS.md, "Learning quality").
     "mirror": True,

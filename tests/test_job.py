@@ -45,7 +45,7 @@ def test_resume_is_refused_for_another_identity_and_allowed_for_the_same(tmp_pat
         job.check_resume(str(tmp_path), {"vocab_size": 9, "units": 32})
 
 
-def test_an_identity_key_added_later_reads_as_what_runs_before_it_had(tmp_path):
+def test_an_identity_key_added_later_reads_as_what_runs_before_it_had():
     # A config.json from before --attention_heads: its checkpoint holds one head's weights.
     old = {"identity": {"vocab_size": 7, "units": 32}}
     identity = job.written_identity(old)

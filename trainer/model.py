@@ -216,6 +216,8 @@ class Captioner(keras.Model):
             )
         if initial_state not in INITIAL_STATES:
             raise ValueError(f"--initial_state={initial_state}: expected one of {INITIAL_STATES}")
+        if attention_heads < 1:
+            raise ValueError(f"--attention_heads={attention_heads}: expected 1 or more")
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units
@@ -257,8 +259,6 @@ class Captioner(keras.Model):
         self.attention_keys = keras.layers.Dense(units, name="attention_keys")
         # One score per head over the same hidden layer: each head reads its own context, so one
         # can hold the object just named while another looks for the one a relation points to.
-        if attention_heads < 1:
-            raise ValueError(f"--attention_heads={attention_heads}: expected 1 or more")
         self.attention_heads = attention_heads
         self.attention_score = keras.layers.Dense(attention_heads, name="attention_score")
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
