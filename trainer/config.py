@@ -31,7 +31,9 @@ class TrainConfig:
     image_size: int = 224
     feature_layer: str = "top"  # A key of trainer.model.FEATURE_LAYERS.
     initial_state: str = "image"  # Or "zeros" (trainer.model.INITIAL_STATES).
+    encoder: str = "efficientnet_b0"  # Or "efficientnet_lite0" (trainer.model.ENCODERS).
     encoder_weights: str = "imagenet"
+    blind: bool = False  # Every image feature zeroed: the words-alone floor.
     train_encoder: bool = False
     cache_features: bool = True
     caption_sampling: str = "first"

@@ -73,18 +73,18 @@ def read_config(job_dir: str) -> dict:
     return json.loads(_read(job_dir, config_path(job_dir), ""))
 
 
-IDENTITY_BEFORE_KEY = {
-    "feature_layer": "top",
-    "attention_query": "state",
-    "initial_state": "zeros",
-    "attention_heads": 1,
-}
-
-
-def written_identity(config: dict) -> dict:
-    """The identity a config.json records; a key it gained later reads as what runs before it
-    had (IDENTITY_BEFORE_KEY)."""
-    return {**IDENTITY_BEFORE_KEY, **config.get("identity", {})}
+def identity_of(job_dir: str, expected_keys) -> dict:
+    """The identity `job_dir`'s config.json records; a job dir written by another version of the
+    trainer, whose identity lacks one of `expected_keys`, is refused with the fix."""
+    identity = read_config(job_dir).get("identity", {})
+    missing = sorted(set(expected_keys) - set(identity))
+    if missing:
+        raise ValueError(
+            f"--job_dir={job_dir} was written by another version of this trainer (its "
+            f"config.json has no {', '.join(missing)}); train it again with this version "
+            "(a new --job_dir)"
+        )
+    return identity
 
 
 def check_resume(job_dir: str, identity: dict) -> None:
@@ -93,7 +93,7 @@ def check_resume(job_dir: str, identity: dict) -> None:
         return
     if not tf.train.latest_checkpoint(checkpoint_dir(job_dir)):
         return
-    previous = written_identity(read_config(job_dir))
+    previous = identity_of(job_dir, identity)
     changed = {key: (previous.get(key), value) for key, value in identity.items()}
     changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
     if changed:

