@@ -97,6 +97,7 @@ class CaptionModule(tf.Module):
         beam_size: int,
         tokens_file: str,
         length_alpha: float = decoding.LENGTH_ALPHA,
+        block_trigrams: bool = False,
     ):
         super().__init__()
         # Track the tf.Variables under Keras 3's wrappers, not the Keras objects: tracking the
@@ -112,6 +113,7 @@ class CaptionModule(tf.Module):
         self.max_length = max_length
         self.beam_size = beam_size
         self.length_alpha = length_alpha
+        self.block_trigrams = block_trigrams
         self.image_size = model.image_size
 
     def _decode(self, image_bytes: tf.Tensor) -> dict:
@@ -127,6 +129,7 @@ class CaptionModule(tf.Module):
             self.max_length,
             self.beam_size,
             self.length_alpha,
+            self.block_trigrams,
         )
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -189,6 +192,7 @@ def export(
     encoder_file: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
     restored: tuple | None = None,
+    block_trigrams: bool = False,
 ) -> str:
     """Export the latest checkpoint of `job_dir`; returns EXPORT_DIR/MODEL_NAME/VERSION.
 
@@ -204,7 +208,13 @@ def export(
     if tf.io.gfile.exists(version_dir):
         raise FileExistsError(f"--version={version}: {version_dir} exists; pick another version")
     module = CaptionModule(
-        model, tokens, config.max_length, beam_size, job.tokens_path(job_dir), length_alpha
+        model,
+        tokens,
+        config.max_length,
+        beam_size,
+        job.tokens_path(job_dir),
+        length_alpha,
+        block_trigrams,
     )
     export_module(module, version_dir)
     write_models_config(export_dir)
@@ -262,6 +272,7 @@ def main(argv):
         FLAGS.beam_size,
         encoder_file=FLAGS.encoder_file,
         length_alpha=FLAGS.length_alpha,
+        block_trigrams=FLAGS.block_trigrams,
     )
     print(f"exported {path}")
     print(f"inspect: saved_model_cli show --dir {path} --all")

@@ -47,6 +47,7 @@ def main(argv):
         encoder_file=FLAGS.encoder_file,
         length_alpha=FLAGS.length_alpha,
         restored=trained,
+        block_trigrams=FLAGS.block_trigrams,
     )
     print(f"exported {path}", flush=True)
 

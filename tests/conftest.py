@@ -134,6 +134,11 @@ TINY_FLAGS = [
     "--learning_rate=0.01",
     "--sample_captions=0",
     "--max_length=10",
+    # The real-photo recipe's defaults off: a tiny run's steps and curve stay simple.
+    "--caption_sampling=first",
+    "--lr_schedule=constant",
+    "--dropout=0",
+    "--nokeep_best",
 ]
 
 
@@ -160,6 +165,10 @@ def tiny_config(data_dir: str, job_dir, **overrides):
         # Off: compiling each tiny run's step costs more than it saves. The commands' default
         # (on for cached features) runs in the subprocess tests (TINY_FLAGS leave it unset).
         jit_compile=False,
+        caption_sampling="first",
+        lr_schedule="constant",
+        dropout=0.0,
+        keep_best=False,
     )
     settings.update(overrides)
     return train.TrainConfig(**settings)

@@ -6,14 +6,14 @@ from trainer import cli, decoding
 
 
 def test_definers_return_the_one_flag_however_often_called():
-    first_beam, first_alpha = cli.define_decoding()
-    again_beam, again_alpha = cli.define_decoding()
+    first_beam, first_alpha, _ = cli.define_decoding()
+    again_beam, again_alpha, _ = cli.define_decoding()
     assert first_beam is again_beam and first_alpha is again_alpha
     assert cli.define_job_dir() is cli.define_job_dir()
 
 
 def test_defaults_are_the_library_defaults():
-    beam, alpha = cli.define_decoding()
+    beam, alpha, _ = cli.define_decoding()
     assert beam.default == decoding.BEAM_SIZE and alpha.default == decoding.LENGTH_ALPHA
     assert flags.FLAGS["job_dir"].default == cli.DEFAULT_JOB_DIR
 

@@ -116,3 +116,25 @@ def test_beam_search_runs_batched_with_wider_beams():
     greedy = decoding.greedy(model, cnn_features, VOCAB, max_length=6)
     # Length-normalised beam scores are at least greedy's (greedy's caption is among beams').
     assert np.all(result["score"].numpy() >= greedy["score"].numpy() - 1e-5)
+
+
+def test_blocked_trigrams_are_never_said_twice_in_a_beam():
+    """A step function that would loop "4 5 6 4 5 6 ..." forever; blocking breaks the loop."""
+    vocab_size = 10
+
+    def looping(token_ids, state):
+        following = {4: 5, 5: 6, 6: 4}  # The most probable next token after each.
+        table = np.full((vocab_size, vocab_size), -5.0, np.float32)
+        for token in range(vocab_size):
+            table[token, following.get(token, 4)] = -0.1
+        table[:, text.END_ID] = -3.0
+        log_probs = tf.gather(tf.constant(table), token_ids)
+        return log_probs, state, tf.zeros([tf.shape(token_ids)[0], 1])
+
+    state = tf.zeros([2, 1])
+    plain = decoding.beam_decode(looping, state, 1, 9, 2, 1)["token_ids"][0].numpy()
+    assert list(plain[:7]) == [4, 5, 6, 4, 5, 6, 4]
+    blocked = decoding.beam_decode(looping, state, 1, 9, 2, 1, block_trigrams=True)
+    ids = list(blocked["token_ids"][0].numpy())
+    said = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2) if 0 not in ids[i : i + 3]]
+    assert len(said) == len(set(said)) and said, ids

@@ -61,7 +61,7 @@ def define_job_dir():
 
 
 def define_decoding():
-    """--beam_size and --length_alpha: how evaluation and the SavedModel decode."""
+    """--beam_size, --length_alpha, --block_trigrams: how evaluation and the SavedModel decode."""
     beam = _define(
         "beam_size",
         flags.DEFINE_integer,
@@ -76,7 +76,13 @@ def define_decoding():
         "Beam's final choice divides log-probability by length**alpha; 0: the most probable.",
         lower_bound=0.0,
     )
-    return beam, alpha
+    trigrams = _define(
+        "block_trigrams",
+        flags.DEFINE_bool,
+        False,
+        "Beam search never repeats a trigram within a caption.",
+    )
+    return beam, alpha, trigrams
 
 
 def define_distribution():

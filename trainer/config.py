@@ -39,6 +39,15 @@ class TrainConfig:
     caption_sampling: str = "first"
     mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").
     attention_reg: float = 0.0
+    dropout: float = 0.0  # On word embeddings and GRU outputs, in training only.
+    label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.
+    keep_best: bool = False  # Evaluate and export the epoch of the lowest validation loss.
+    # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
+    # samples per image, the reward's baseline ("greedy" or "mean") and the learning rate.
+    scst_epochs: int = 0
+    scst_samples: int = 5
+    scst_baseline: str = "greedy"
+    scst_learning_rate: float = 5e-5
     # None: on when the train step reads cached features, off when it runs the encoder (see
     # step_jit_compile).
     jit_compile: bool | None = None

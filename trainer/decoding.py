@@ -46,13 +46,15 @@ def beam_decode(
     beam_size: int,
     num_locations: tf.Tensor,
     length_alpha: float = 0.0,
+    block_trigrams: bool = False,
 ) -> dict:
     """Batched beam search over `step_fn`; `initial_state` holds batch_size × beam_size rows.
 
     Beams are ranked by summed log-probability while searching; the final choice divides by
     length ** length_alpha (length counts the <end> token): 0 picks the most probable caption,
     1 the best mean log-probability per token, which favours long captions (see LENGTH_ALPHA).
-    Finished beams continue with <pad> at no cost.
+    Finished beams continue with <pad> at no cost. `block_trigrams`: a beam may not repeat a
+    trigram it has already said (the loops of "a dog is jumping in a dog is jumping in").
     Returns token_ids [B, T] int32, log_prob [B], score [B], length [B], attention [B, T, L]
     of the best beam, and "nbest": the same of every beam, best first ([B, K, ...], K =
     beam_size), with token_log_probs [B, K, T] (each token's log-probability; 0 after <end>).
@@ -67,6 +69,9 @@ def beam_decode(
         vocab = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(tf.cast(log_probs, tf.float32), [batch_size, beams, vocab])
         log_probs = _allowed_next(log_probs, finished)
+        if block_trigrams:
+            repeats = _repeated_trigrams(history, t, vocab) & ~finished[..., None]
+            log_probs = tf.where(repeats, NEG_INF, log_probs)
         candidates = tf.reshape(scores[..., None] + log_probs, [batch_size, beams * vocab])
         top_scores, top_index = tf.math.top_k(candidates, k=beams)
         beam_index, token = top_index // vocab, tf.cast(top_index % vocab, tf.int32)
@@ -135,6 +140,20 @@ def beam_decode(
     return {**best, "nbest": ranked}
 
 
+def _repeated_trigrams(history: tf.Tensor, t: tf.Tensor, vocab: tf.Tensor) -> tf.Tensor:
+    """[B, K, V]: the tokens that would end, at step `t`, a trigram a beam's `history` [B, K, T]
+    of tokens already holds."""
+    last_two = (
+        tf.gather(history, tf.maximum(t - 2, 0), axis=2),
+        tf.gather(history, tf.maximum(t - 1, 0), axis=2),
+    )
+    first, second, third = history[..., :-2], history[..., 1:-1], history[..., 2:]
+    said = tf.range(tf.shape(first)[-1]) <= t - 3  # Trigrams that end before step t.
+    match = (first == last_two[0][..., None]) & (second == last_two[1][..., None]) & said
+    following = tf.one_hot(third, vocab) * tf.cast(match, tf.float32)[..., None]
+    return tf.reduce_max(following, axis=2) > 0
+
+
 def ids_to_text(token_ids: tf.Tensor, vocab: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Token ids [B, T] → (tokens [B, T] strings, "" after <end>; captions [B] without <end>)."""
     tokens = tf.gather(vocab, token_ids)
@@ -155,8 +174,9 @@ def caption(
     max_length: int,
     beam_size: int = BEAM_SIZE,
     length_alpha: float = LENGTH_ALPHA,
+    block_trigrams: bool = False,
 ) -> dict:
-    """CNN features [B, L, 1280] → captions with `model` (a trainer.model.Captioner).
+    """CNN features [B, L, C] → captions with `model` (a trainer.model.Captioner).
 
     Returns caption [B], tokens [B, T], token_ids, log_prob [B], score, length, attention [B, T, L]
     with T = max_length - 1 (the decoder's steps), and "nbest": every beam's, best first
@@ -182,6 +202,7 @@ def caption(
         beam_size,
         features.shape[1] or tf.shape(features)[1],
         length_alpha,
+        block_trigrams,
     )
     result["tokens"], result["caption"] = ids_to_text(result["token_ids"], vocab)
     nbest = result["nbest"]
@@ -195,3 +216,38 @@ def caption(
 
 def greedy(model, cnn_features: tf.Tensor, vocab: tf.Tensor, max_length: int) -> dict:
     return caption(model, cnn_features, vocab, max_length, beam_size=1)
+
+
+def sample(model, cnn_features: tf.Tensor, seeds: tf.Tensor, num_samples: int, max_length: int):
+    """`num_samples` captions per image drawn from `model`, as token ids [B, K, T] (<pad> after
+    <end>), T = max_length - 1: self-critical training's samples.
+
+    `seeds` [B, 2]: each image's own stateless seed, so what an image draws depends on the image
+    and the seed alone, not on the batch or replica it lands in (Gumbel-max sampling with
+    noise from `tf.random.stateless_uniform`).
+    """
+    features, keys = model.prepare(cnn_features)
+    state = model.initial_state(features)
+    features, keys, state = (tf.repeat(x, num_samples, axis=0) for x in (features, keys, state))
+    steps, vocab_size = max_length - 1, model.vocab_size
+    uniform = tf.map_fn(
+        lambda seed: tf.random.stateless_uniform(
+            [num_samples, steps, vocab_size], seed=seed, minval=1e-20, maxval=1.0
+        ),
+        seeds,
+        fn_output_signature=tf.float32,
+    )
+    gumbel = tf.reshape(-tf.math.log(-tf.math.log(uniform)), [-1, steps, vocab_size])
+    token_range = tf.range(vocab_size)
+    never = tf.logical_or(token_range == text.PAD_ID, token_range == text.START_ID)
+    token_ids = tf.fill([tf.shape(state)[0]], text.START_ID)
+    finished = tf.zeros_like(token_ids, tf.bool)
+    drawn = []
+    for position in range(steps):
+        state, _ = model.step(model.token_inputs(token_ids), state, features, keys)
+        logits = tf.where(never, NEG_INF, tf.cast(model.logits(state), tf.float32))
+        token_ids = tf.argmax(logits + gumbel[:, position], axis=-1, output_type=tf.int32)
+        token_ids = tf.where(finished, text.PAD_ID, token_ids)
+        finished = finished | (token_ids == text.END_ID)
+        drawn.append(token_ids)
+    return tf.reshape(tf.stack(drawn, axis=1), [-1, num_samples, steps])

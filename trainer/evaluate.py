@@ -26,6 +26,20 @@ from trainer import cli, data, decoding, grounding, train
 # stay true by saying less); this cannot.
 CONTRAST_PAIRS = text.SPATIAL_OPPOSITES
 
+# Who a caption is about, each with the forms that name it: a caption that names a subject its
+# photo's references do not ("a man" for a dog) is the complaint BLEU does not catch.
+SUBJECTS = {
+    "dog": ("dog", "dogs", "puppy", "puppies"),
+    "man": ("man", "men", "guy", "guys", "gentleman"),
+    "woman": ("woman", "women", "lady", "ladies"),
+    "boy": ("boy", "boys"),
+    "girl": ("girl", "girls"),
+    "child": ("child", "children", "kid", "kids", "toddler", "baby"),
+    "people": ("people", "person", "crowd", "group"),
+    "player": ("player", "players", "team"),
+}
+_SUBJECT_OF = {form: subject for subject, forms in SUBJECTS.items() for form in forms}
+
 BLEU_WEIGHTS = {
     "bleu1": (1.0,),
     "bleu2": (0.5, 0.5),
@@ -50,7 +64,8 @@ def bleu(references: list[list[str]], hypotheses: list[str]) -> dict:
 
 
 def coco_metrics(references: list[list[str]], hypotheses: list[str]) -> dict:
-    """pycocoevalcap's BLEU, METEOR, ROUGE-L, CIDEr where installed (extra `eval`) and Java runs."""
+    """pycocoevalcap's BLEU, ROUGE-L and CIDEr-D (its `Cider` is the CIDEr-D of the COCO server)
+    where installed (extra `eval`), METEOR where Java runs too."""
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
@@ -75,6 +90,43 @@ def coco_metrics(references: list[list[str]], hypotheses: list[str]) -> dict:
         else:
             scores[name] = float(score)
     return scores
+
+
+def subjects_named(caption: str) -> set[str]:
+    """The SUBJECTS a normalised caption names."""
+    return {_SUBJECT_OF[word] for word in text.tokenize(caption) if word in _SUBJECT_OF}
+
+
+def caption_diversity(references: list[list[str]], hypotheses: list[str]) -> dict:
+    """What users complain of first: one caption for every photo, and the wrong subject.
+
+    `distinct_captions`: distinct captions / images. `subject_named`: the share of captions that
+    name a subject (SUBJECTS); `subject_agreed`: of those, the share whose every named subject
+    at least two of the photo's references also name.
+    """
+    named = agreed = 0
+    for refs, hyp in zip(references, hypotheses):
+        subjects = subjects_named(hyp)
+        if not subjects:
+            continue
+        named += 1
+        ref_subjects = [subjects_named(ref) for ref in refs]
+        agreed += all(sum(s in found for found in ref_subjects) >= 2 for s in subjects)
+    images = max(len(hypotheses), 1)
+    return {
+        "distinct_captions": len(set(hypotheses)) / images,
+        "subject_named": named / images,
+        "subject_agreed": agreed / named if named else float("nan"),
+    }
+
+
+def scores(references: list[list[str]], hypotheses: list[str]) -> dict:
+    """Every caption score of this module: BLEU-1..4, the COCO metrics, diversity, subjects."""
+    return {
+        **bleu(references, hypotheses),
+        **coco_metrics(references, hypotheses),
+        **caption_diversity(references, hypotheses),
+    }
 
 
 def find_scenes(data_dir: str) -> str | None:
@@ -202,6 +254,7 @@ def caption_split(
     batch_size: int = decoding.BATCH_SIZE,
     limit: int = 0,
     length_alpha: float = decoding.LENGTH_ALPHA,
+    block_trigrams: bool = False,
 ) -> list[dict]:
     """Caption every image of `split` in batches, in-graph; one dict per image.
 
@@ -215,7 +268,13 @@ def caption_split(
     @tf.function
     def caption_images(images):
         result = decoding.caption(
-            model, model.encode(images), vocab, config.max_length, beam_size, length_alpha
+            model,
+            model.encode(images),
+            vocab,
+            config.max_length,
+            beam_size,
+            length_alpha,
+            block_trigrams,
         )
         return result["caption"], result["log_prob"], result["tokens"], result["attention"]
 
@@ -258,6 +317,7 @@ def evaluate(
     output_dir: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
     restored: tuple | None = None,
+    block_trigrams: bool = False,
 ) -> dict:
     """Caption `split`, score it, write metrics.json and captions.jsonl; return both.
 
@@ -267,7 +327,15 @@ def evaluate(
     model, tokens, config = restored or train.restore(job_dir)
     data_dir = data_dir or config.data_dir
     rows = caption_split(
-        model, tokens, config, data_dir, split, beam_size, batch_size, length_alpha=length_alpha
+        model,
+        tokens,
+        config,
+        data_dir,
+        split,
+        beam_size,
+        batch_size,
+        length_alpha=length_alpha,
+        block_trigrams=block_trigrams,
     )
     if not rows:
         raise data.DataError(f"--data_dir={data_dir}: the {split} split is empty")
@@ -278,9 +346,9 @@ def evaluate(
         "images": len(rows),
         "beam_size": beam_size,
         "length_alpha": length_alpha,
+        "block_trigrams": block_trigrams,
     }
-    metrics.update(bleu(references, hypotheses))
-    metrics.update(coco_metrics(references, hypotheses))
+    metrics.update(scores(references, hypotheses))
     contrasts = contrast_accuracy(model, tokens, config, data_dir, split, batch_size)
     if contrasts:
         metrics["contrast_accuracy"] = contrasts
@@ -330,6 +398,7 @@ def main(argv):
         FLAGS.decode_batch_size,
         FLAGS.output_dir,
         FLAGS.length_alpha,
+        block_trigrams=FLAGS.block_trigrams,
     )
     for row in result["rows"][:5]:
         print(f"{row['image']}: {row['caption']!r}  (reference: {row['references'][0]!r})")

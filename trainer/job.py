@@ -34,6 +34,11 @@ def checkpoint_dir(job_dir: str) -> str:
     return os.path.join(job_dir, "checkpoints")
 
 
+def best_dir(job_dir: str) -> str:
+    """Where --keep_best keeps the model of the best validation epoch."""
+    return os.path.join(job_dir, "best")
+
+
 def write_tokens(job_dir: str, tokens: list[str]) -> str:
     """The token table in id order, one token per line."""
     path = tokens_path(job_dir)

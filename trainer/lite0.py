@@ -160,6 +160,9 @@ def build(image_size: int, include_top: bool = False) -> keras.Model:
     normalization.set_weights(
         [np.full(3, INPUT_MEAN), np.full(3, INPUT_VARIANCE), np.zeros((), np.int64)]
     )
+    # The layer reads constants made from its variables, remade only here or on load_weights;
+    # they never change (a checkpoint restores the same values).
+    normalization.finalize_state()
     return cnn
 
 

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from trainer import cli, data, decoding, distribute, steps
+from preprocess import text
+from trainer import cider, cli, data, decoding, distribute, scst, steps
 from trainer.config import TrainConfig, step_jit_compile
 from trainer.model import Captioner
 
@@ -41,14 +42,25 @@ class Loop:
         jit_compile = step_jit_compile(config)
         print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
         self.train_step, self.eval_step, _ = steps.make_step_functions(
-            model, optimizer, strategy, config.batch_size, config.attention_reg, jit_compile
+            model,
+            optimizer,
+            strategy,
+            config.batch_size,
+            config.attention_reg,
+            jit_compile,
+            config.label_smoothing,
         )
         chief = distribute.is_chief(strategy)
         self.train_writer = _summary_writer(config.job_dir, "train", chief)
         self.val_writer = _summary_writer(config.job_dir, "val", chief)
 
-    def dataset(self, epoch: int, files: list[str], shuffle: bool, drop: bool):
+    def dataset(
+        self, epoch: int, files: list[str], shuffle: bool, drop: bool, per_image: bool = False
+    ):
+        """`per_image`: one element per image with its filename and references (self-critical
+        training), not per caption."""
         config = self.config
+        sampling = config.caption_sampling if shuffle and not per_image else "first"
 
         def dataset_fn(input_context=None):
             batch = config.batch_size
@@ -59,11 +71,12 @@ class Loop:
                 self.tokenizer,
                 batch,
                 self.source,
-                caption_sampling=config.caption_sampling if shuffle else "first",
+                caption_sampling=sampling,
                 shuffle=shuffle,
                 seed=config.seed * 1000 + epoch,
                 drop_remainder=drop,
-                mirror=config.mirror and shuffle,
+                mirror=config.mirror and shuffle and not per_image,
+                keep_references=per_image,
             )
 
         # The global batch is split across replicas in order: the same global batch gives the
@@ -100,6 +113,59 @@ class Loop:
             tf.summary.scalar("images_per_second", record["images_per_second"])
         record.update(self.validate(current))
         return record
+
+    def run_scst_epoch(self, epoch: int, skip: int, steps_per_epoch: int, total_steps: int):
+        """Self-critical epoch `epoch` from step `skip` (see trainer/scst.py), then validate."""
+        config = self.config
+        train_step, scorer = self._scst_step()
+        self.optimizer.learning_rate = config.scst_learning_rate
+        progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["reward", "advantage"])
+        seed_epoch = config.epochs + epoch  # Other shuffles than cross-entropy's epochs.
+        iterator = iter(
+            self.dataset(seed_epoch, self.train_files, shuffle=True, drop=True, per_image=True)
+        )
+        for _ in range(skip):
+            next(iterator)
+        rewards = []
+        current = int(self.step.numpy())
+        for position in range(skip, min(steps_per_epoch, skip + total_steps - current)):
+            reward, advantage = train_step(next(iterator), self.step)
+            rewards.append(float(reward))
+            current = int(self.step.assign_add(1).numpy())
+            with self.train_writer.as_default(step=current):
+                tf.summary.scalar("scst_reward", rewards[-1])
+                tf.summary.scalar("scst_advantage", float(advantage))
+            progress.update(position + 1, [("reward", rewards[-1]), ("advantage", advantage)])
+        save_checkpoint(self.manager, self.model, current)
+        record = {"scst_epoch": epoch + 1, "step": current}
+        record["scst_reward"] = float(np.mean(rewards)) if rewards else None
+        record.update(self.validate(current))
+        if self.val_files:
+            record["val_cider_d"] = val_cider(self, scorer)
+            with self.val_writer.as_default(step=current):
+                tf.summary.scalar("cider_d", record["val_cider_d"])
+        return record
+
+    def _scst_step(self):
+        """The self-critical step and its CIDEr-D scorer, made once per run."""
+        if not hasattr(self, "_scst"):
+            config = self.config
+            references = scst.training_references(self.train_files, self.tokenizer, self.source)
+            scorer = cider.CiderD(references)
+            rewards = scst.Rewards(scorer, self.tokenizer.tokens, config.scst_baseline)
+            step = steps.make_scst_step(
+                self.model,
+                self.optimizer,
+                self.strategy,
+                config.batch_size,
+                rewards,
+                tf.constant(self.tokenizer.tokens),
+                config.max_length,
+                config.scst_samples,
+                config.scst_baseline == "greedy",
+            )
+            self._scst = step, scorer
+        return self._scst
 
     def train_one(self, batch, current: int, learning_rate: float) -> tuple[float, float]:
         """One step at `learning_rate`: (loss, token accuracy); logs and checkpoints."""
@@ -151,6 +217,28 @@ def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> No
             f"checkpoint in {manager.directory} is kept. Lower --learning_rate or check the data."
         )
     manager.save(checkpoint_number=step)
+
+
+def val_cider(run: Loop, scorer) -> float:
+    """Mean CIDEr-D (training document frequencies) of greedy captions of the val images."""
+    token_ids = {token: index for index, token in enumerate(run.tokenizer.tokens)}
+    vocab = tf.constant(run.tokenizer.tokens)
+    dataset = data.make_dataset(run.val_files, run.tokenizer, 64, run.source, keep_references=True)
+
+    @tf.function
+    def greedy_ids(batch):
+        features = batch.get("cnn_features")
+        if features is None:
+            features = run.model.encode(batch["image"])
+        return decoding.caption(run.model, features, vocab, run.config.max_length, 1)["token_ids"]
+
+    scores = []
+    for batch in dataset:
+        inputs = {key: batch[key] for key in ("cnn_features", "image") if key in batch}
+        candidates = cider.ids_until_end(greedy_ids(inputs).numpy(), text.END_ID, text.PAD_ID)
+        references = [scst.reference_ids(refs, token_ids) for refs in batch["references"].numpy()]
+        scores.extend(scorer.scores(candidates, references))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def evaluate_loss(eval_step, distributed_dataset) -> dict:

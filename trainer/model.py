@@ -241,6 +241,7 @@ class Captioner(keras.Model):
         attention_heads: int = 1,
         encoder: str = DEFAULT_ENCODER,
         blind: bool = False,
+        dropout: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -309,6 +310,10 @@ class Captioner(keras.Model):
         self.token_projection = keras.layers.Dense(4 * units, name="token_projection")
         self.context_gates = keras.layers.Dense(3 * units, use_bias=False, name="gru_context_gates")
         self.state_projection = keras.layers.Dense(4 * units, name="gru_state_projection")
+        # In training only, on each word's embedding and on the GRU's outputs before the
+        # logits, as Show, Attend and Tell: what keeps a decoder from learning its few
+        # thousand training captions by heart.
+        self.dropout = keras.layers.Dropout(dropout, name="dropout")
         self.fc1 = keras.layers.Dense(units, name="fc1")
         self.fc2 = keras.layers.Dense(vocab_size, dtype="float32", name="logits")
 
@@ -382,19 +387,20 @@ class Captioner(keras.Model):
         new_state = update * state + (1.0 - update) * candidate
         return new_state, attention
 
-    def token_inputs(self, token_ids: tf.Tensor) -> tf.Tensor:
+    def token_inputs(self, token_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Token ids [...] → what each adds to a step: [attention query | GRU input gates]."""
-        return self.token_projection(self.embedding(token_ids))
+        embedded = self.dropout(self.embedding(token_ids), training=training)
+        return self.token_projection(embedded)
 
     def logits(self, outputs: tf.Tensor) -> tf.Tensor:
         """GRU outputs [..., U] → float32 logits [..., V]."""
         return self.fc2(self.fc1(outputs))
 
     def teacher_forced(
-        self, features: tf.Tensor, keys: tf.Tensor, input_ids: tf.Tensor
+        self, features: tf.Tensor, keys: tf.Tensor, input_ids: tf.Tensor, training: bool = False
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Training pass: input ids [B, T] → (logits [B, T, V] float32, attention [B, T, L])."""
-        all_inputs = self.token_inputs(input_ids)
+        all_inputs = self.token_inputs(input_ids, training)
         state = self.initial_state(features)
         outputs, attentions = [], []
         # T is static (the padded length), so the loop unrolls into one graph XLA can fuse.
@@ -402,7 +408,8 @@ class Captioner(keras.Model):
             state, attention = self.step(all_inputs[:, position], state, features, keys)
             outputs.append(state)
             attentions.append(attention)
-        return self.logits(tf.stack(outputs, axis=1)), tf.stack(attentions, axis=1)
+        outputs = self.dropout(tf.stack(outputs, axis=1), training=training)
+        return self.logits(outputs), tf.stack(attentions, axis=1)
 
     def call(self, inputs: dict, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """`inputs`: `input_ids` and either `image` (uint8 pixels) or `cnn_features`."""
@@ -411,7 +418,7 @@ class Captioner(keras.Model):
         else:
             cnn_features = self.encode(inputs["image"], training=training)
         features, keys = self.prepare(cnn_features)
-        return self.teacher_forced(features, keys, inputs["input_ids"])
+        return self.teacher_forced(features, keys, inputs["input_ids"], training)
 
     def build_all(self) -> None:
         """Create every weight (checkpoint restore needs them): the encoder has its own since
@@ -423,17 +430,24 @@ class Captioner(keras.Model):
 
 
 def masked_loss_sum(
-    target_ids: tf.Tensor, logits: tf.Tensor, attention: tf.Tensor | None = None, reg: float = 0.0
+    target_ids: tf.Tensor,
+    logits: tf.Tensor,
+    attention: tf.Tensor | None = None,
+    reg: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """(summed cross-entropy over non-<pad> targets, their count, correctly predicted count).
 
     Sums, not means, so that a caller can divide by the global token count across replicas.
     `reg` > 0 adds Show-Attend-and-Tell's doubly stochastic attention penalty per caption.
+    `label_smoothing` ε: the target is 1 − ε on the reference word and ε spread over all words.
     """
     mask = tf.cast(tf.not_equal(target_ids, text.PAD_ID), tf.float32)
-    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=target_ids, logits=tf.cast(logits, tf.float32)
-    )
+    logits = tf.cast(logits, tf.float32)
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_ids, logits=logits)
+    if label_smoothing > 0.0:
+        uniform = -tf.reduce_mean(tf.nn.log_softmax(logits), axis=-1)
+        cross_entropy = (1.0 - label_smoothing) * cross_entropy + label_smoothing * uniform
     loss_sum = tf.reduce_sum(cross_entropy * mask)
     if reg > 0.0 and attention is not None:
         # Each location should receive about one unit of attention over the caption.

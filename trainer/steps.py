@@ -10,6 +10,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from preprocess import text
+from trainer import decoding, scst
 from trainer.config import LR_SCHEDULES, TrainConfig
 from trainer.model import Captioner, masked_loss_sum
 
@@ -59,6 +61,7 @@ def make_step_functions(
     global_batch_size: int,
     attention_reg: float = 0.0,
     jit_compile: bool = False,
+    label_smoothing: float = 0.0,
 ):
     """(train_step, eval_step, gradients_step), each taking one distributed batch.
 
@@ -69,7 +72,8 @@ def make_step_functions(
 
     def forward(batch: dict, training: bool):
         logits, attention = model(batch, training=training)
-        return masked_loss_sum(batch["target_ids"], logits, attention, attention_reg)
+        smoothing = label_smoothing if training else 0.0  # Validation reports the plain loss.
+        return masked_loss_sum(batch["target_ids"], logits, attention, attention_reg, smoothing)
 
     @tf.function(jit_compile=jit_compile)
     def local_gradients(batch: dict):
@@ -116,3 +120,61 @@ def make_step_functions(
         return [strategy.reduce("SUM", value, axis=None) for value in sums]
 
     return train_step, eval_step, gradients_step
+
+
+def make_scst_step(
+    model: Captioner,
+    optimizer: keras.optimizers.Optimizer,
+    strategy: tf.distribute.Strategy,
+    global_batch_size: int,
+    rewards,
+    vocab: tf.Tensor,
+    max_length: int,
+    num_samples: int,
+    greedy_baseline: bool,
+):
+    """The self-critical train step: one distributed batch of images (features or pixels, with
+    filename and references) and the step number → (mean sampled reward, mean advantage).
+
+    Each replica samples `num_samples` captions per image (per-image stateless seeds), gets
+    their advantages over the baseline from `rewards` (trainer.scst.Rewards, on the host), and
+    differentiates −advantage × log-probability of each sample; the step sums over replicas and
+    divides by the global count of samples, so the update equals one device's.
+    """
+
+    def replica_step(batch: dict, step: tf.Tensor):
+        source = "cnn_features" if "cnn_features" in batch else "image"
+        cnn_features = batch[source] if source == "cnn_features" else model.encode(batch[source])
+        seeds = scst.image_seeds(batch["filename"], step)
+        samples = decoding.sample(model, cnn_features, seeds, num_samples, max_length)
+        greedy = tf.zeros_like(samples[:, 0])
+        if greedy_baseline:
+            greedy = decoding.caption(model, cnn_features, vocab, max_length, 1)["token_ids"]
+        advantages, reward = tf.numpy_function(
+            rewards, [samples, greedy, batch["references"]], [tf.float32, tf.float32]
+        )
+        targets = tf.reshape(samples, [-1, max_length - 1])
+        start = tf.fill([tf.shape(targets)[0], 1], text.START_ID)
+        inputs = {"input_ids": tf.concat([start, targets[:, :-1]], axis=1)}
+        inputs[source] = tf.repeat(batch[source], num_samples, axis=0)
+        weights = tf.reshape(advantages, [-1, 1]) * tf.cast(targets != text.PAD_ID, tf.float32)
+        with tf.GradientTape() as tape:
+            logits, _ = model(inputs, training=True)
+            log_probs = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+            loss_sum = -tf.reduce_sum(weights * log_probs)
+            scaled = optimizer.scale_loss(loss_sum / (global_batch_size * num_samples))
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        context = tf.distribute.get_replica_context()
+        gradients = context.all_reduce("SUM", [tf.convert_to_tensor(g) for g in gradients])
+        optimizer.apply(gradients, model.trainable_variables)
+        replicas = tf.cast(context.num_replicas_in_sync, tf.float32)
+        means = [reward / replicas, tf.reduce_mean(advantages) / replicas]
+        return context.all_reduce("SUM", means)
+
+    @tf.function
+    def train_step(batch, step):
+        reward, advantage = strategy.run(replica_step, args=(batch, step))
+        first = strategy.experimental_local_results
+        return first(reward)[0], first(advantage)[0]
+
+    return train_step

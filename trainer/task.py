@@ -79,6 +79,26 @@ def define_flags() -> None:
         "Doubly stochastic attention regularisation weight (Show, Attend and Tell); 0: off.",
         lower_bound=0.0,
     )
+    flags.DEFINE_float(
+        "dropout",
+        defaults.dropout,
+        "Dropout rate on word embeddings and GRU outputs in training; 0: off.",
+        lower_bound=0.0,
+        upper_bound=0.9,
+    )
+    flags.DEFINE_float(
+        "label_smoothing",
+        defaults.label_smoothing,
+        "Training targets 1 - e on the reference word, e spread over all words; 0: off.",
+        lower_bound=0.0,
+        upper_bound=0.5,
+    )
+    flags.DEFINE_bool(
+        "keep_best",
+        defaults.keep_best,
+        "Evaluate and export the epoch of the lowest validation loss (JOB_DIR/best), not the last.",
+    )
+    _define_scst_flags()
     flags.DEFINE_bool(
         "jit_compile",
         defaults.jit_compile,
@@ -107,6 +127,30 @@ def define_flags() -> None:
     cli.define_decoding()
     cli.define_decode_batch_size()
     flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
+
+
+def _define_scst_flags() -> None:
+    """Self-critical sequence training after cross-entropy (trainer/scst.py)."""
+    flags.DEFINE_integer(
+        "scst_epochs",
+        defaults.scst_epochs,
+        "Self-critical epochs (CIDEr-D reward) after the cross-entropy ones; 0: off.",
+        lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "scst_samples", defaults.scst_samples, "Captions sampled per image.", lower_bound=2
+    )
+    flags.DEFINE_enum(
+        "scst_baseline",
+        defaults.scst_baseline,
+        ["greedy", "mean"],
+        "The reward's baseline: the greedy caption's CIDEr-D, or the mean of the other samples.",
+    )
+    flags.DEFINE_float(
+        "scst_learning_rate",
+        defaults.scst_learning_rate,
+        "Adam learning rate of the self-critical epochs.",
+    )
 
 
 def _define_model_flags() -> None:
@@ -212,6 +256,7 @@ def train_and_evaluate() -> tuple | None:
             batch_size=FLAGS.decode_batch_size,
             length_alpha=FLAGS.length_alpha,
             restored=(trained_model, tokens, config),
+            block_trigrams=FLAGS.block_trigrams,
         )
         print(json.dumps({"test": scores["metrics"]}), flush=True)
     return trained_model, tokens, config

@@ -70,6 +70,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
         attention_heads=config.attention_heads,
         encoder=config.encoder,
         blind=config.blind,
+        dropout=config.dropout,
     )
     model.build_all()
     return model
@@ -154,12 +155,19 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
     # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
     schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
 
+    best = BestEpoch(config.job_dir, model, chief) if config.keep_best else None
     history: list[dict] = []
     while int(step.numpy()) < total_steps:
         epoch, skip = divmod(int(step.numpy()), steps_per_epoch)
         print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
         history.append(run.run_epoch(epoch, skip, steps_per_epoch, total_steps, schedule))
         print(json.dumps(history[-1]), flush=True)
+        if best:
+            best.offer(history[-1])
+    if best and int(step.numpy()) == total_steps:
+        best.restore()  # Self-critical training, if any, starts from the best epoch.
+    if config.scst_epochs:
+        history += _self_critical_epochs(config, run, manifest, total_steps)
     if not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
 
@@ -230,8 +238,56 @@ def _write_job(config: TrainConfig, strategy, precision: str, manifest, identity
     job.write_tokens(config.job_dir, tokens)  # The job dir stands alone.
 
 
+def _self_critical_epochs(config: TrainConfig, run: loop.Loop, manifest, start: int) -> list:
+    """--scst_epochs after cross-entropy's `start` steps; resumes mid-way like them."""
+    steps_per_epoch = manifest.examples("train") // config.batch_size
+    total_steps = start + steps_per_epoch * config.scst_epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    history = []
+    while int(run.step.numpy()) < total_steps:
+        epoch, skip = divmod(int(run.step.numpy()) - start, steps_per_epoch)
+        print(f"self-critical epoch {epoch + 1}/{config.scst_epochs}", flush=True)
+        history.append(run.run_scst_epoch(epoch, skip, steps_per_epoch, total_steps))
+        print(json.dumps(history[-1]), flush=True)
+    return history
+
+
+class BestEpoch:
+    """--keep_best: the model of the epoch with the lowest validation loss, in JOB_DIR/best.
+
+    Training goes on from the latest checkpoint; evaluation and export read this one.
+    """
+
+    def __init__(self, job_dir: str, model: Captioner, chief: bool):
+        directory = job.best_dir(job_dir)
+        if not chief:  # Every worker writes (collective ops); the chief's copy lasts.
+            directory = tempfile.mkdtemp(prefix="best-")
+        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, 1)
+        self.record = os.path.join(directory, "best.json")
+        self.val_loss = float("inf")
+        if tf.io.gfile.exists(self.record):  # A resumed run keeps the best so far.
+            with tf.io.gfile.GFile(self.record) as record:
+                self.val_loss = json.load(record)["val_loss"]
+
+    def offer(self, epoch_record: dict) -> None:
+        if "val_loss" not in epoch_record:
+            raise data.DataError("--keep_best needs a val split to choose by; it is empty")
+        if epoch_record["val_loss"] < self.val_loss:
+            self.val_loss = epoch_record["val_loss"]
+            self.manager.save(checkpoint_number=epoch_record["step"])
+            with tf.io.gfile.GFile(self.record, "w") as record:
+                json.dump(epoch_record, record)
+
+    def restore(self) -> None:
+        self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
+        with tf.io.gfile.GFile(self.record) as record:
+            print(f"kept the best epoch: {record.read().strip()}", flush=True)
+
+
 def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
-    """The latest checkpoint of `job_dir` as (model, token table, its training config).
+    """The latest checkpoint of `job_dir` (the best epoch's, if it trained with --keep_best) as
+    (model, token table, its training config).
 
     Reads the job dir alone: the data dir it was trained from need not exist.
     """
@@ -239,11 +295,12 @@ def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     job.identity_of(job_dir, IDENTITY_KEYS)
     flags = written["flags"]
     config = TrainConfig(**{**flags, "encoder_weights": "none"})  # Weights: the checkpoint's.
-    latest = tf.train.latest_checkpoint(job.checkpoint_dir(job_dir))
+    # After self-critical training the last checkpoint is the model; before it, the best epoch.
+    best = config.keep_best and not config.scst_epochs
+    kept = job.best_dir(job_dir) if best else job.checkpoint_dir(job_dir)
+    latest = tf.train.latest_checkpoint(kept)
     if not latest:
-        raise FileNotFoundError(
-            f"--job_dir={job_dir}: no checkpoint in {job.checkpoint_dir(job_dir)}"
-        )
+        raise FileNotFoundError(f"--job_dir={job_dir}: no checkpoint in {kept}")
     tokens = job.read_tokens(job_dir)
     model = build_model(config, len(tokens))
     tf.train.Checkpoint(model=model).restore(

@@ -1,0 +1,185 @@
+"""Caption quality on real photographs: ours against the TensorFlow tutorial's captioner and a
+blind model, on the same split and the same cached features, in one run.
+
+    python bench/real_photos.py --images_dir=../shared/realflickr/flickr30k_images \\
+        --captions_file=../shared/realflickr/dataset_flickr30k.json --work_dir=bench_out/real
+
+Any Flickr-format folder and caption file will do (Flickr30k's own for users with a GPU).
+Steps: the Beam job (DirectRunner) writes records; ours trains with `trainer.task`'s defaults
+(the real-photo recipe) on EfficientNet-Lite0's ImageNet features and is scored on the val and
+test splits; `--blind`, the same with every image feature zeroed; the tutorial's model as
+published (its GRU called without its state) and with its state passed on, each trained for
+`--tutorial_epochs` on the same Lite0 7x7 features and decoded greedily. Ours is then exported
+and its SavedModel captions the original test photos: `served_equal` is the share equal to the
+evaluated captions.
+value: ours' CIDEr-D on val and test together; baseline: the better tutorial variant's;
+ratio = value / baseline; blind_ratio = ours / blind. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+
+from bench import _tutorial  # noqa: E402
+from bench._report import report  # noqa: E402
+from preprocess import text  # noqa: E402
+from trainer import cache, data, evaluate, model, train  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
+REAL = os.path.join(SHARED, "realflickr")
+SPLITS = ("val", "test")
+HEADLINE = ("coco_cider", "bleu1", "bleu4", "coco_rouge_l", "distinct_captions")
+
+
+def preprocess(images_dir: str, captions_file: str, data_dir: str) -> None:
+    """The Beam job, as a user runs it, unless `data_dir` holds its output already."""
+    if os.path.exists(os.path.join(data_dir, "manifest.json")):
+        return
+    command = [sys.executable, "-m", "preprocess.run", "--runner=DirectRunner"]
+    command += [f"--images_dir={images_dir}", f"--captions_file={captions_file}"]
+    command += [f"--output_dir={data_dir}", "--captions=all", "--overwrite"]
+    subprocess.run(command, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def ours(config: train.TrainConfig, data_dir: str) -> dict:
+    """Train with `config`, then caption and score each of SPLITS: {split: result}."""
+    restored = train.train_model(config)
+    return {
+        split: evaluate.evaluate(config.job_dir, data_dir, split, restored=restored[:2] + (config,))
+        for split in SPLITS
+    }
+
+
+def tutorial(config: train.TrainConfig, work_dir: str, epochs: int, pass_state: bool) -> dict:
+    """The tutorial's model on Lite0's 7x7 features of the same records: {split: metrics}."""
+    features = dataclasses.replace(config, feature_layer="top", job_dir=work_dir)
+    encoder = train.build_model(features, 2)  # Only its frozen encoder is used.
+    tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
+    tokenizer = data.Tokenizer(tokens, config.max_length)
+    source = data.CachedFeatures(model.num_locations(config.image_size, "top"))
+
+    def split_files(split: str) -> list[str]:
+        shards = data.shard_files(config.data_dir, split)
+        return cache.cached_split(encoder, features, split, shards, work_dir)
+
+    peer = _tutorial.TutorialCaptioner(len(tokens), config.embedding_dim, pass_state=pass_state)
+    batches = data.make_dataset(
+        split_files("train"), tokenizer, 64, source, caption_sampling="all", shuffle=True
+    )
+    _tutorial.train(peer, batches, epochs)
+    results = {}
+    for split in SPLITS:
+        dataset = data.make_dataset(split_files(split), tokenizer, 64, source, keep_references=True)
+        hypotheses, references = [], []
+        for batch in dataset:
+            hypotheses += _tutorial.greedy_captions(
+                peer, batch["cnn_features"], tokens, config.max_length
+            )
+            references += [r.decode().split("\n") for r in batch["references"].numpy()]
+        results[split] = evaluate.scores(references, hypotheses)
+        results[split].update(images=len(hypotheses), examples=hypotheses[:3])
+    return results
+
+
+def served_equal(config: train.TrainConfig, images_dir: str, rows: list[dict], out: str) -> float:
+    """The share of test photos whose SavedModel caption (original file) equals the evaluated."""
+    from serving import export, predict
+
+    version_dir = export.export(config.job_dir, out)
+    paths = [os.path.join(images_dir, row["image"]) for row in rows]
+    served = {
+        os.path.basename(path): result["caption"].decode()
+        for path, result in predict.caption_files(version_dir, paths, batch_size=32)
+    }
+    return sum(served[row["image"]] == row["caption"] for row in rows) / len(rows)
+
+
+def both_splits(metrics: dict) -> dict:
+    """Headline scores per split, and CIDEr-D of val and test together (image-weighted)."""
+    figures = {split: {key: round(metrics[split][key], 4) for key in HEADLINE} for split in SPLITS}
+    figures["subject_agreed"] = {s: round(metrics[s]["subject_agreed"], 4) for s in SPLITS}
+    return figures
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    data_dir = os.path.join(args.work_dir, "records")
+    preprocess(args.images_dir, args.captions_file, data_dir)
+    base = train.TrainConfig(
+        data_dir=data_dir,
+        job_dir=os.path.join(args.work_dir, "ours"),
+        encoder="efficientnet_lite0",
+        encoder_weights="imagenet",
+    )
+    if args.epochs:
+        base = dataclasses.replace(base, epochs=args.epochs)
+    runs = {"ours": ours(base, data_dir)}
+    blind = dataclasses.replace(base, job_dir=os.path.join(args.work_dir, "blind"), blind=True)
+    runs["blind"] = ours(blind, data_dir)
+    scored = {name: {s: result[s]["metrics"] for s in SPLITS} for name, result in runs.items()}
+    cache_dir = os.path.join(args.work_dir, "tutorial_features")
+    for name, pass_state in (("tutorial", False), ("tutorial_with_state", True)):
+        scored[name] = tutorial(base, cache_dir, args.tutorial_epochs, pass_state)
+    test_rows = runs["ours"]["test"]["rows"]
+    exports = os.path.join(args.work_dir, "exports")
+    shutil.rmtree(exports, ignore_errors=True)
+    equal = served_equal(base, args.images_dir, test_rows, exports)
+    return report(summary(scored, equal, time.perf_counter() - started))
+
+
+def pooled_cider(metrics: dict) -> float:
+    """CIDEr-D of val and test together, weighted by images."""
+    images = {split: metrics[split]["images"] for split in SPLITS}
+    return sum(metrics[s]["coco_cider"] * images[s] for s in SPLITS) / sum(images.values())
+
+
+def summary(scored: dict, equal: float, seconds: float) -> dict:
+    ciders = {name: pooled_cider(metrics) for name, metrics in scored.items()}
+    best_tutorial = max(ciders["tutorial"], ciders["tutorial_with_state"])
+    value = ciders["ours"]
+    return {
+        "bench": "real_photos",
+        "value": round(value, 4),
+        "unit": "CIDEr-D, val+test",
+        "baseline": round(best_tutorial, 4),
+        "ratio": round(value / best_tutorial, 3),
+        "blind_ratio": round(value / ciders["blind"], 3),
+        "test_ratio": round(
+            scored["ours"]["test"]["coco_cider"]
+            / max(scored[t]["test"]["coco_cider"] for t in ("tutorial", "tutorial_with_state")),
+            3,
+        ),
+        "cider_val_test": {name: round(cider, 4) for name, cider in ciders.items()},
+        "scores": {name: both_splits(metrics) for name, metrics in scored.items()},
+        "tutorial_examples": scored["tutorial"]["test"]["examples"],
+        "served_equal": round(equal, 4),
+        "minutes": round(seconds / 60, 1),
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images_dir", default=os.path.join(REAL, "flickr30k_images"))
+    parser.add_argument("--captions_file", default=os.path.join(REAL, "dataset_flickr30k.json"))
+    parser.add_argument("--work_dir", default="bench_out/real_photos")
+    parser.add_argument("--epochs", type=int, default=0, help="Ours; 0: trainer.task's default.")
+    parser.add_argument("--tutorial_epochs", type=int, default=15)
+    args = parser.parse_args(argv)
+    if not tf.io.gfile.exists(args.captions_file):
+        parser.error(f"--captions_file={args.captions_file}: not found")
+    return args
+
+
+if __name__ == "__main__":
+    main()
