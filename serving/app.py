@@ -157,68 +157,71 @@ def page_result(outputs: dict) -> dict:
     return {"captions": captions, "grid": int(grids.shape[-1])}
 
 
-def make_handler(captioner: Captioner, page: bytes):
-    """The request handler: GET / is the page, POST /caption the image's captions as JSON."""
+class PageHandler(http.server.BaseHTTPRequestHandler):
+    """GET / is the page; POST /caption, the image as the body, its captions as JSON.
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "flickr-captioner"
+    `make_server` subclasses it with the captioner and the page's bytes.
+    """
 
-        def do_GET(self):
-            if self.path.split("?")[0] not in ("/", "/index.html"):
-                self._send_json(404, {"error": f"{self.path}: no such page; open /"})
-                return
-            self._send(200, "text/html; charset=utf-8", page)
+    captioner: Captioner
+    page: bytes
+    server_version = "flickr-captioner"
+    timeout = 120  # Seconds a stalled client may hold its thread.
 
-        def do_POST(self):
-            try:
-                if self.path != "/caption":
-                    raise RequestError(404, f"{self.path}: POST the image to /caption")
-                image_bytes = self._read_upload()
-                check_upload(image_bytes)
-                self._send_json(200, page_result(captioner(image_bytes)))
-            except RequestError as error:
-                self._send_json(error.status, {"error": error.message})
-            except Exception:
-                logging.exception("captioning failed")
-                message = "the server failed on this image; its log has the details"
-                self._send_json(500, {"error": message})
+    def do_GET(self):
+        if self.path.split("?")[0] not in ("/", "/index.html"):
+            self._send_json(404, {"error": f"{self.path}: no such page; open /"})
+            return
+        self._send(200, "text/html; charset=utf-8", self.page)
 
-        def _read_upload(self) -> bytes:
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                raise RequestError(411, "send the image as the request body with Content-Length")
-            length = int(length)
-            if length > MAX_UPLOAD_BYTES:
-                self._drain(length)
-                megabytes = MAX_UPLOAD_BYTES // (1024 * 1024)
-                raise RequestError(413, f"the file is over {megabytes} MB: choose a smaller photo")
-            return self.rfile.read(length)
+    def do_POST(self):
+        try:
+            if self.path != "/caption":
+                raise RequestError(404, f"{self.path}: POST the image to /caption")
+            image_bytes = self._read_upload()
+            check_upload(image_bytes)
+            self._send_json(200, page_result(self.captioner(image_bytes)))
+        except RequestError as error:
+            self._send_json(error.status, {"error": error.message})
+        except Exception:
+            logging.exception("captioning failed")
+            message = "the server failed on this image; its log has the details"
+            self._send_json(500, {"error": message})
 
-        def _drain(self, length: int) -> None:
-            if length > MAX_DRAINED_BYTES:
-                self.close_connection = True
-                return
-            while length > 0:
-                chunk = self.rfile.read(min(length, 1 << 20))
-                if not chunk:
-                    break
-                length -= len(chunk)
+    def _read_upload(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RequestError(411, "send the image as the request body with Content-Length")
+        length = int(length)
+        if length > MAX_UPLOAD_BYTES:
+            self._drain(length)
+            megabytes = MAX_UPLOAD_BYTES // (1024 * 1024)
+            raise RequestError(413, f"the file is over {megabytes} MB: choose a smaller photo")
+        return self.rfile.read(length)
 
-        def _send_json(self, status: int, body: dict) -> None:
-            self._send(status, "application/json; charset=utf-8", json.dumps(body).encode())
+    def _drain(self, length: int) -> None:
+        if length > MAX_DRAINED_BYTES:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 20))
+            if not chunk:
+                break
+            length -= len(chunk)
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+    def _send_json(self, status: int, body: dict) -> None:
+        self._send(status, "application/json; charset=utf-8", json.dumps(body).encode())
 
-        def log_message(self, format, *args):
-            logging.info("%s " + format, self.address_string(), *args)
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
 
-    return Handler
+    def log_message(self, format, *args):
+        logging.info("%s " + format, self.address_string(), *args)
 
 
 def make_server(
@@ -227,7 +230,8 @@ def make_server(
     """The page's server, bound (port 0: a free one; see `server_address`), not yet serving."""
     with open(PAGE_FILE, "rb") as page_file:
         page = page_file.read().replace(b"__MAX_UPLOAD_BYTES__", str(MAX_UPLOAD_BYTES).encode())
-    server = http.server.ThreadingHTTPServer((host, port), make_handler(captioner, page))
+    handler = type("Handler", (PageHandler,), {"captioner": staticmethod(captioner), "page": page})
+    server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
