@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint format clean encoder
+.PHONY: demo app test bench lint format clean encoder
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(PY) -m serving.demo
+
+# A page on http://127.0.0.1:8000/ to caption your own photo with the model `make demo` exported.
+app: $(STAMP)
+	$(PY) -m serving.app --model_dir=demo_out/exports/captioner
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile tests

@@ -12,7 +12,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["preprocess", "trainer", "serving"]),
     # The demo's encoder weights (`make encoder` rebuilds them; see trainer/weights/README.md).
-    package_data={"trainer": ["weights/*.weights.h5", "weights/*.md"]},
+    package_data={"trainer": ["weights/*.weights.h5", "weights/*.md"], "serving": ["app.html"]},
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
@@ -28,7 +28,8 @@ setuptools.setup(
         "tensorboard>=2.16",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "ruff>=0.6"],
+        # selenium drives the page's browser test (Debian's chromium and chromium-driver).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "ruff>=0.6", "selenium>=4.11"],
         "eval": ["pycocoevalcap>=1.2"],
         # TF Serving's request protos: the SavedModel's warm-up requests, gRPC clients.
         "serving": ["tensorflow-serving-api>=2.16"],

@@ -113,6 +113,14 @@ def nbest_lines(result: dict) -> list[dict]:
     return captions
 
 
+def attention_grids(attention: np.ndarray) -> np.ndarray:
+    """Attention over L locations [..., L] → the image's square grid of them [..., side, side]."""
+    side = math.isqrt(attention.shape[-1])
+    if side * side != attention.shape[-1]:
+        raise ValueError(f"attention over {attention.shape[-1]} locations: not a square grid")
+    return attention.reshape(*attention.shape[:-1], side, side)
+
+
 def plot_attention(path: str, result: dict, out_path: str) -> None:
     """The image, then one panel per generated word with its attention map over the image."""
     import matplotlib
@@ -123,8 +131,7 @@ def plot_attention(path: str, result: dict, out_path: str) -> None:
 
     image = np.asarray(Image.open(path).convert("RGB"))
     words = [token.decode() for token in result["tokens"] if token]
-    attention = result["attention"][: len(words)]
-    side = int(math.isqrt(attention.shape[-1]))
+    grids = attention_grids(result["attention"][: len(words)])
     columns = min(len(words) + 1, 5)
     rows = math.ceil((len(words) + 1) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
@@ -134,10 +141,10 @@ def plot_attention(path: str, result: dict, out_path: str) -> None:
     axes.flat[0].set_title("input")
     figure.suptitle(textwrap.fill(result["caption"].decode(), 15 * columns))
     extent = (0, image.shape[1], image.shape[0], 0)
-    for axis, word, weights in zip(axes.flat[1:], words, attention):
+    for axis, word, grid in zip(axes.flat[1:], words, grids):
         axis.imshow(image, extent=extent)
         axis.imshow(
-            weights.reshape(side, side),
+            grid,
             cmap="gray",
             alpha=0.6,
             extent=extent,

@@ -212,3 +212,13 @@ def fresh_process_json(script: str, *args: str):
         [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, cwd="/"
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def exported_model_dir(trained_job, tmp_path_factory) -> str:
+    """`trained_job` exported with the default beam: EXPORT_DIR/captioner, its version 1."""
+    from serving import export
+
+    export_dir = tmp_path_factory.mktemp("exports")
+    export.export(trained_job, str(export_dir))
+    return str(export_dir / "captioner")

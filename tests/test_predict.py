@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from serving import export, predict
+from serving import predict
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +21,8 @@ def image_folder(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def model_dir(trained_job, tmp_path_factory):
-    export_dir = tmp_path_factory.mktemp("exports")
-    export.export(trained_job, str(export_dir))
-    return str(export_dir / "captioner")
-
-
 def test_cli_captions_a_folder_into_json_lines_with_attention_plots(
-    model_dir, image_folder, tmp_path
+    exported_model_dir, image_folder, tmp_path
 ):
     output, plots = tmp_path / "captions.jsonl", tmp_path / "plots"
     subprocess.run(
@@ -37,7 +30,7 @@ def test_cli_captions_a_folder_into_json_lines_with_attention_plots(
             sys.executable,
             "-m",
             "serving.predict",
-            f"--model_dir={model_dir}",
+            f"--model_dir={exported_model_dir}",
             f"--output={output}",
             f"--attention_plot={plots}",
             str(image_folder),
@@ -54,29 +47,36 @@ def test_cli_captions_a_folder_into_json_lines_with_attention_plots(
 
 
 def test_a_bad_file_gets_an_error_line_and_the_others_their_captions(
-    model_dir, image_folder, tmp_path
+    exported_model_dir, image_folder, tmp_path
 ):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
     lines = predict.predict(
-        model_dir, [str(image_folder / "*.jpg"), str(broken)], output=str(tmp_path / "out.jsonl")
+        exported_model_dir,
+        [str(image_folder / "*.jpg"), str(broken)],
+        output=str(tmp_path / "out.jsonl"),
     )
     assert [("error" in line) for line in lines] == [False, False, True]
     assert lines[2]["image"] == str(broken)
 
 
-def test_missing_model_and_images_name_the_problem(model_dir, tmp_path):
+def test_missing_model_and_images_name_the_problem(exported_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m serving.export"):
         predict.resolve_model_dir(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no such image"):
         predict.expand_images([str(tmp_path / "nothing*.jpg")])
-    assert predict.resolve_model_dir(model_dir).endswith("1")
+    assert predict.resolve_model_dir(exported_model_dir).endswith("1")
 
 
-def test_num_captions_prints_the_n_best_with_per_word_scores(model_dir, image_folder, tmp_path):
+def test_num_captions_prints_the_n_best_with_per_word_scores(
+    exported_model_dir, image_folder, tmp_path
+):
     # The default export is a beam of decoding.BEAM_SIZE (3): ask for 2 of them.
     lines = predict.predict(
-        model_dir, [str(image_folder)], attention_plot=str(tmp_path / "plots"), num_captions=2
+        exported_model_dir,
+        [str(image_folder)],
+        attention_plot=str(tmp_path / "plots"),
+        num_captions=2,
     )
     assert len(lines) == 2
     for line in lines:
