@@ -117,3 +117,17 @@ def test_truth_figures_count_every_caption_once_and_refuse_unknown_images(tmp_pa
     }
     with pytest.raises(evaluate.data.DataError, match="no scene for 1 evaluated images"):
         evaluate.truth_figures(["2.jpg"], ["a red circle"], str(scenes))
+
+
+def test_diversity_counts_distinct_captions_and_subjects_the_references_agree_on():
+    references = [
+        ["a dog runs on grass", "a brown dog runs", "two dogs play"],
+        ["a man rides a bike", "a person on a bike", "a man cycling"],
+        ["a girl jumps", "a child jumps", "a young girl in the air"],
+    ]
+    hypotheses = ["a dog runs", "a dog runs", "a red bike"]
+    figures = evaluate.caption_diversity(references, hypotheses)
+    assert figures["distinct_captions"] == 2 / 3
+    assert figures["subject_named"] == 2 / 3  # "a red bike" names no subject.
+    assert figures["subject_agreed"] == 1 / 2  # Image 2's references do not say dog.
+    assert evaluate.subjects_named("two men and a puppy") == {"man", "dog"}

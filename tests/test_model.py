@@ -187,6 +187,26 @@ def test_each_attention_head_reads_its_own_context_and_plots_show_their_mean():
         small_model(attention_heads=0)
 
 
+def test_label_smoothing_spreads_the_target_and_zero_is_plain_cross_entropy(model):
+    logits, _ = model({"cnn_features": random_features(), "input_ids": tf.constant([[2, 4]] * 3)})
+    targets = tf.constant([[4, 0]] * 3)
+    plain, _, _ = model_lib.masked_loss_sum(targets, logits)
+    same, _, _ = model_lib.masked_loss_sum(targets, logits, label_smoothing=0.0)
+    smoothed, _, _ = model_lib.masked_loss_sum(targets, logits, label_smoothing=0.1)
+    log_probs = tf.nn.log_softmax(logits[:, 0])
+    expected = -0.9 * log_probs[:, 4] - 0.1 * tf.reduce_mean(log_probs, axis=-1)
+    assert float(plain) == float(same)
+    np.testing.assert_allclose(float(smoothed), float(tf.reduce_sum(expected)), rtol=1e-5)
+
+
+def test_dropout_acts_in_training_only():
+    model = small_model(dropout=0.5)
+    inputs = {"cnn_features": random_features(), "input_ids": tf.constant([[2, 4, 5]] * 3)}
+    first, _ = model(inputs)
+    np.testing.assert_array_equal(first, model(inputs)[0])
+    assert not np.allclose(first, model(inputs, training=True)[0])
+
+
 def test_features_of_another_image_size_are_refused(model64):
     with pytest.raises(ValueError, match="64 px images .4 locations"):
         model64.prepare(random_features(locations=49))

@@ -84,23 +84,26 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):
         train.train(config)
 
 
-def test_a_job_dir_from_before_the_image_read_initial_state_restores_with_zeros(
-    tiny_data, tmp_path
-):
+def test_a_job_dir_of_another_version_is_refused_naming_the_fix(tiny_data, tmp_path):
     job_dir = tmp_path / "job"
-    trained, _, _ = train.train_model(tiny_config(tiny_data, job_dir, initial_state="zeros"))
+    train.train_model(tiny_config(tiny_data, job_dir, epochs=1))
     written = json.loads((job_dir / "config.json").read_text())
-    del written["flags"]["initial_state"], written["identity"]["initial_state"]
+    del written["identity"]["encoder"]  # As a version without --encoder wrote it.
     (job_dir / "config.json").write_text(json.dumps(written))
-    restored, _, config = train.restore(str(job_dir))
-    assert config.initial_state == restored.initial_state_from == "zeros"
-    for a, b in zip(trained.get_weights(), restored.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="another version.*no encoder.*train it again"):
+        train.restore(str(job_dir))
+    with pytest.raises(ValueError, match="another version"):
+        train.train_model(tiny_config(tiny_data, job_dir, epochs=2))
 
 
-def test_a_job_dir_from_before_the_word_read_query_names_the_fix(tmp_path):
-    # A config.json as older versions wrote it: an identity without "attention_query".
-    identity = {"vocab_size": 12, "units": 32, "feature_layer": "top"}
-    (tmp_path / "config.json").write_text(json.dumps({"flags": {}, "identity": identity}))
-    with pytest.raises(ValueError, match="Train it again with this version"):
-        train.restore(str(tmp_path))
+def test_keep_best_restores_the_epoch_of_the_lowest_validation_loss(tiny_data, tmp_path):
+    job_dir = tmp_path / "job"
+    # A rate that overshoots: validation loss rises after its first epochs.
+    config = tiny_config(tiny_data, job_dir, epochs=4, keep_best=True, learning_rate=0.2)
+    trained, _, metrics = train.train_model(config)
+    losses = [record["val_loss"] for record in metrics["history"]]
+    best = json.loads((job_dir / "best" / "best.json").read_text())
+    assert best["val_loss"] == min(losses) and best["epoch"] == 1 + losses.index(min(losses))
+    restored, _, _ = train.restore(str(job_dir))
+    for kept, served in zip(trained.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(kept, served)
