@@ -1,5 +1,11 @@
 """Every knob of a training run (`TrainConfig`, filled from flags by `trainer.task`) and the
-defaults that follow from them."""
+defaults that follow from them.
+
+The defaults are the real-photo recipe, chosen on the validation photos of the real Flickr dev
+split with EfficientNet-Lite0's ImageNet features at 224 px (README, "Real photos"): every
+caption of a photo trains, a GRU of 256 units with dropout 0.3, 12 epochs on a cosine rate, and
+the epoch of the lowest validation loss kept. `make demo` has its own (serving/demo.py).
+"""
 
 from __future__ import annotations
 
@@ -17,15 +23,15 @@ class TrainConfig:
     strategy: str = "auto"
     cpu_devices: int = 0
     precision: str = "auto"
-    epochs: int = 25
+    epochs: int = 12
     batch_size: int = 64  # Global: split across replicas.
     learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # Or "cosine": decays to 1% of learning_rate by the last step.
+    lr_schedule: str = "cosine"  # Decays to 1% of learning_rate by the last step; or "constant".
     clipnorm: float = 5.0
     vocab_size: int = 5000
     max_length: int = 25
     embedding_dim: int = 256
-    units: int = 512
+    units: int = 256
     relation_layers: int = 0
     attention_heads: int = 1
     image_size: int = 224
@@ -36,12 +42,12 @@ class TrainConfig:
     blind: bool = False  # Every image feature zeroed: the words-alone floor.
     train_encoder: bool = False
     cache_features: bool = True
-    caption_sampling: str = "first"
+    caption_sampling: str = "all"
     mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").
     attention_reg: float = 0.0
-    dropout: float = 0.0  # On word embeddings and GRU outputs, in training only.
+    dropout: float = 0.3  # On word embeddings and GRU outputs, in training only.
     label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.
-    keep_best: bool = False  # Evaluate and export the epoch of the lowest validation loss.
+    keep_best: bool = True  # Evaluate and export the epoch of the lowest validation loss.
     # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
     # samples per image, the reward's baseline ("greedy" or "mean") and the learning rate.
     scst_epochs: int = 0

