@@ -154,7 +154,7 @@ def summary(scored: dict, equal: float, seconds: float) -> dict:
         "unit": "CIDEr-D, val+test",
         "baseline": round(best_tutorial, 4),
         "ratio": round(value / best_tutorial, 3),
-        "blind_ratio": round(value / ciders["blind"], 3),
+        "blind_ratio": round(value / ciders["blind"], 3) if ciders["blind"] else None,
         "test_ratio": round(
             scored["ours"]["test"]["coco_cider"]
             / max(scored[t]["test"]["coco_cider"] for t in ("tutorial", "tutorial_with_state")),
