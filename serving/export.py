@@ -97,7 +97,7 @@ class CaptionModule(tf.Module):
         beam_size: int,
         tokens_file: str,
         length_alpha: float = decoding.LENGTH_ALPHA,
-        block_trigrams: bool = False,
+        block_trigrams: bool = decoding.BLOCK_TRIGRAMS,
     ):
         super().__init__()
         # Track the tf.Variables under Keras 3's wrappers, not the Keras objects: tracking the
@@ -192,7 +192,7 @@ def export(
     encoder_file: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
     restored: tuple | None = None,
-    block_trigrams: bool = False,
+    block_trigrams: bool = decoding.BLOCK_TRIGRAMS,
 ) -> str:
     """Export the latest checkpoint of `job_dir`; returns EXPORT_DIR/MODEL_NAME/VERSION.
 

@@ -79,7 +79,7 @@ def define_decoding():
     trigrams = _define(
         "block_trigrams",
         flags.DEFINE_bool,
-        False,
+        decoding.BLOCK_TRIGRAMS,
         "Beam search never repeats a trigram within a caption.",
     )
     return beam, alpha, trigrams

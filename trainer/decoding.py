@@ -23,6 +23,9 @@ NEG_INF = -1e9
 LENGTH_ALPHA = 0.0
 # Beam width of evaluation and the exported decoder unless told otherwise.
 BEAM_SIZE = 3
+# Beam search never repeats a trigram within a caption: on real photos it breaks the loops of
+# "a red shirt and a red shirt" (README, "Real photos").
+BLOCK_TRIGRAMS = True
 # Images decoded at once by evaluation and serving.predict.
 BATCH_SIZE = 32
 
@@ -174,7 +177,7 @@ def caption(
     max_length: int,
     beam_size: int = BEAM_SIZE,
     length_alpha: float = LENGTH_ALPHA,
-    block_trigrams: bool = False,
+    block_trigrams: bool = BLOCK_TRIGRAMS,
 ) -> dict:
     """CNN features [B, L, C] → captions with `model` (a trainer.model.Captioner).
 

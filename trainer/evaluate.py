@@ -254,7 +254,7 @@ def caption_split(
     batch_size: int = decoding.BATCH_SIZE,
     limit: int = 0,
     length_alpha: float = decoding.LENGTH_ALPHA,
-    block_trigrams: bool = False,
+    block_trigrams: bool = decoding.BLOCK_TRIGRAMS,
 ) -> list[dict]:
     """Caption every image of `split` in batches, in-graph; one dict per image.
 
@@ -317,7 +317,7 @@ def evaluate(
     output_dir: str = "",
     length_alpha: float = decoding.LENGTH_ALPHA,
     restored: tuple | None = None,
-    block_trigrams: bool = False,
+    block_trigrams: bool = decoding.BLOCK_TRIGRAMS,
 ) -> dict:
     """Caption `split`, score it, write metrics.json and captions.jsonl; return both.
 
