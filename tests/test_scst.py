@@ -90,8 +90,7 @@ def one_scst_step(strategy, weights, batch, baseline="greedy"):
     return float(reward), model.get_weights()
 
 
-@pytest.mark.parametrize("baseline", ["greedy", "mean"])
-def test_mirrored_scst_step_equals_one_device_for_the_same_samples(baseline):
+def test_mirrored_scst_step_equals_one_device_for_the_same_samples(baseline="greedy"):
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs two logical CPU devices")
     weights = small_model(vocab_size=len(TOKENS)).get_weights()
