@@ -241,11 +241,7 @@ FLAGS = flags.FLAGS
 
 @cli.command_flags
 def define_flags() -> None:
-    flags.DEFINE_string(
-        "model_dir",
-        "exports/captioner",
-        "Exported model: a version dir, or the model dir (its highest version is used).",
-    )
+    cli.define_model_dir()
     flags.DEFINE_string(
         "serving_url",
         "",

@@ -209,11 +209,7 @@ FLAGS = flags.FLAGS
 
 @cli.command_flags
 def define_flags() -> None:
-    flags.DEFINE_string(
-        "model_dir",
-        "exports/captioner",
-        "Exported model: a version dir, or the model dir (its highest version is used).",
-    )
+    cli.define_model_dir()
     flags.DEFINE_string("output", "", "Write JSON lines here instead of stdout.")
     flags.DEFINE_string("attention_plot", "", "Save one attention figure per image here.")
     cli.define_decode_batch_size()

@@ -85,6 +85,16 @@ def define_decoding():
     return beam, alpha, trigrams
 
 
+def define_model_dir():
+    """--model_dir: the SavedModel the serving commands read."""
+    return _define(
+        "model_dir",
+        flags.DEFINE_string,
+        "exports/captioner",
+        "Exported model: a version dir, or the model dir (its highest version is used).",
+    )
+
+
 def define_encoder():
     """--encoder: the network every command that builds a model builds."""
     from trainer import lite0, model
