@@ -28,7 +28,8 @@ setuptools.setup(
         "tensorboard>=2.16",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "ruff>=0.6"],
+        # filelock: tests build the trained job and its export once for all xdist workers.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "hypothesis>=6", "ruff>=0.6"],
         "eval": ["pycocoevalcap>=1.2"],
         # TF Serving's request protos: the SavedModel's warm-up requests, gRPC clients.
         "serving": ["tensorflow-serving-api>=2.16"],

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from serving import export, predict
+from serving import predict
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,8 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dir(trained_job, tmp_path_factory):
-    export_dir = tmp_path_factory.mktemp("exports")
-    export.export(trained_job, str(export_dir))
-    return str(export_dir / "captioner")
+def model_dir(exported):
+    return os.path.dirname(exported)  # EXPORT_DIR/captioner, its versions below.
 
 
 def test_cli_captions_a_folder_into_json_lines_with_attention_plots(
@@ -74,7 +72,7 @@ def test_missing_model_and_images_name_the_problem(model_dir, tmp_path):
 
 
 def test_num_captions_prints_the_n_best_with_per_word_scores(model_dir, image_folder, tmp_path):
-    # The default export is a beam of decoding.BEAM_SIZE (3): ask for 2 of them.
+    # The shared export is a beam of 3: ask for 2 of them.
     lines = predict.predict(
         model_dir, [str(image_folder)], attention_plot=str(tmp_path / "plots"), num_captions=2
     )
