@@ -28,8 +28,16 @@ setuptools.setup(
         "tensorboard>=2.16",
     ],
     extras_require={
+        # filelock: tests build the trained job and its export once for all xdist workers;
         # selenium drives the page's browser test (Debian's chromium and chromium-driver).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "ruff>=0.6", "selenium>=4.11"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "filelock>=3.12",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "selenium>=4.11",
+        ],
         "eval": ["pycocoevalcap>=1.2"],
         # TF Serving's request protos: the SavedModel's warm-up requests, gRPC clients.
         "serving": ["tensorflow-serving-api>=2.16"],

@@ -15,7 +15,7 @@ import posixpath
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from preprocess import records
 
@@ -100,12 +100,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 # EXIF orientations that turn the image a quarter (the graph applies them to JPEGs only).
 _QUARTER_TURNS = (5, 6, 7, 8)
-_ORIENTATION_TAG = 0x0112
 
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:
     """(height, width) once `transform.decode` has applied a JPEG's EXIF orientation."""
-    turned = image.format == "JPEG" and image.getexif().get(_ORIENTATION_TAG) in _QUARTER_TURNS
+    turned = (
+        image.format == "JPEG" and image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    )
     return (image.width, image.height) if turned else (image.height, image.width)
 
 

@@ -18,14 +18,13 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from preprocess import records, scenes
+from preprocess import records, scenes, sources
 from preprocess.scenes import COLORS, RELATIONS, SHAPES, SIZES, bounds, relation_holds
 
 DEFAULT_RAW_DIR = os.path.join("data", "sample")
 IMAGES_SUBDIR = "flickr30k_images"
 CAPTIONS_FILENAME = "results.csv"
 SCENES_FILENAME = scenes.SCENES_FILENAME
-CAPTIONS_HEADER = "image_name| comment_number| comment"
 CAPTIONS_PER_IMAGE = records.CAPTIONS_PER_IMAGE
 
 # Half-extent of a shape and the clear gap between shapes, as fractions of the shorter side.
@@ -138,7 +137,7 @@ def generate(
         raise ValueError(f"--width={width} --height={height}: shapes need at least 32 pixels")
     images_dir = os.path.join(output_dir, IMAGES_SUBDIR)
     os.makedirs(images_dir, exist_ok=True)
-    rows = [CAPTIONS_HEADER]
+    rows = [sources.KAGGLE_HEADER]
     scene_table = {}
     for index in range(num_images):
         # One generator per image: an image depends only on (seed, index).

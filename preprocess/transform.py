@@ -14,6 +14,7 @@ Pure TF ops, so TF Serving runs it without this project's Python.
 from __future__ import annotations
 
 import tensorflow as tf
+from PIL import ExifTags
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -21,7 +22,6 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 EXIF_SEARCH_BYTES = 1 << 17
 _MAX_SEGMENTS = 32  # JPEG segments walked before the EXIF search gives up.
 _MAX_IFD_ENTRIES = 256
-_ORIENTATION_TAG = 0x0112
 
 
 def _header(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -92,7 +92,9 @@ def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
     entries = ifd + 2 + 12 * tf.range(_MAX_IFD_ENTRIES)
     tags = uint(entries, 2, little)
     values = uint(entries + 8, 2, little)
-    is_orientation = tf.equal(tags, _ORIENTATION_TAG) & (tf.range(_MAX_IFD_ENTRIES) < count)
+    # The tag's number as Pillow names it, which preprocess/images.py reads too.
+    orientation_tag = int(ExifTags.Base.Orientation)
+    is_orientation = tf.equal(tags, orientation_tag) & (tf.range(_MAX_IFD_ENTRIES) < count)
     first = tf.argmax(tf.cast(is_orientation, tf.int32), output_type=tf.int32)
     value = tf.gather(values, first)
     valid = (

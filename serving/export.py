@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from preprocess import records, transform
+from preprocess.images import MAX_IMAGE_PIXELS
 from serving.tf_serving import (
     CAPTION_EXAMPLES,
     CAPTION_NBEST,
@@ -30,9 +31,6 @@ from serving.tf_serving import (
 from trainer import cli, decoding, job, train
 
 DEFAULT_MODEL_NAME = "captioner"
-# Images larger than this (decoded pixels) are refused before decoding: a small file that
-# claims 50,000 × 50,000 pixels must not allocate gigabytes inside the server.
-MAX_PIXELS = 40_000_000
 
 
 def _be_uint(data_bytes: tf.Tensor, start: int, length: int) -> tf.Tensor:
@@ -50,8 +48,9 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     non_empty = tf.debugging.assert_greater(
         size, 0, message="image_bytes is empty: send JPEG or PNG bytes"
     )
-    is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
-    is_png = tf.strings.substr(image_bytes, 0, 8) == b"\x89PNG\r\n\x1a\n"
+    jpeg, png = transform.JPEG_SIGNATURE, transform.PNG_SIGNATURE
+    is_jpeg = tf.strings.substr(image_bytes, 0, len(jpeg)) == jpeg
+    is_png = tf.strings.substr(image_bytes, 0, len(png)) == png
     # The first bytes go into the message as numbers: raw non-UTF-8 bytes in an error message
     # make TF's Python side raise UnicodeDecodeError instead of InvalidArgumentError.
     is_image = tf.debugging.Assert(
@@ -69,7 +68,7 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
         with tf.control_dependencies([long_enough]):
             width, height = _be_uint(image_bytes, 16, 4), _be_uint(image_bytes, 20, 4)
         # Clamped so that two 32-bit sides cannot overflow int64 into a small product.
-        limit = tf.constant(MAX_PIXELS + 1, tf.int64)
+        limit = tf.constant(MAX_IMAGE_PIXELS + 1, tf.int64)
         return tf.minimum(width, limit) * tf.minimum(height, limit)
 
     def jpeg_pixels():
@@ -77,8 +76,12 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
         return shape[0] * shape[1]
 
     pixels = tf.cond(is_png, png_pixels, jpeg_pixels)
+    # Preprocess's limit: a small file that claims 50,000 × 50,000 pixels must not allocate
+    # gigabytes inside the server.
     small_enough = tf.debugging.assert_less_equal(
-        pixels, tf.constant(MAX_PIXELS, tf.int64), message=f"image over {MAX_PIXELS} pixels"
+        pixels,
+        tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message=f"image over {MAX_IMAGE_PIXELS} pixels",
     )
     # A graph runs an assertion beside the ops after it, not before them: without these edges
     # a decompression bomb is decoded (gigabytes allocated) while its check fails.

@@ -13,7 +13,6 @@ import glob
 import json
 import math
 import os
-import re
 import sys
 import textwrap
 
@@ -21,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from serving import tf_serving
 from trainer import cli, decoding
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -30,11 +30,9 @@ def resolve_model_dir(model_dir: str) -> str:
     """A version dir as given, or the highest numbered version under a model dir."""
     if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         return model_dir
-    if tf.io.gfile.isdir(model_dir):
-        versions = [name.strip("/") for name in tf.io.gfile.listdir(model_dir)]
-        versions = sorted((int(v) for v in versions if re.fullmatch(r"\d+", v)), reverse=True)
-        if versions:
-            return os.path.join(model_dir, str(versions[0]))
+    version = tf_serving.latest_version(model_dir)
+    if version:
+        return os.path.join(model_dir, str(version))
     raise FileNotFoundError(
         f"--model_dir={model_dir}: no SavedModel (saved_model.pb) here or in a numbered version "
         "dir; export one with python -m serving.export"

@@ -29,15 +29,20 @@ BATCHING = {
 }
 
 
-def next_version(model_dir: str) -> int:
+def latest_version(model_dir: str) -> int:
+    """The highest numbered version dir under `model_dir` (as TF Serving picks it); 0: none."""
     if not tf.io.gfile.isdir(model_dir):
-        return 1
+        return 0
     versions = [
         int(name.strip("/"))
         for name in tf.io.gfile.listdir(model_dir)
         if re.fullmatch(r"\d+/?", name)
     ]
-    return max(versions, default=0) + 1
+    return max(versions, default=0)
+
+
+def next_version(model_dir: str) -> int:
+    return latest_version(model_dir) + 1
 
 
 def write_models_config(export_dir: str) -> str:

@@ -77,9 +77,51 @@ def write_tiny_data(out_dir: str, images_per_split=(24, 6, 6), size: int = 32) -
     return out_dir
 
 
+def built_once(request, tmp_path_factory, name: str, build) -> str:
+    """`build(folder)` run once per test run, however many pytest-xdist workers ask: the first
+    builds it under a file lock, the others wait for it and share it (pytest-xdist's "Making
+    session-scoped fixtures execute only once"). Returns what `build` returned, a path."""
+    from filelock import FileLock
+
+    workerinput = getattr(request.config, "workerinput", None)
+    if workerinput is None:  # One process: a session fixture is built once anyway.
+        return build(str(tmp_path_factory.mktemp(name)))
+    # The workers' base temp dirs share a parent; the run's uid keeps runs apart.
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{workerinput['testrunuid']}"
+    shared.mkdir(exist_ok=True)
+    built = shared / f"{name}.path"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not built.exists():
+            built.write_text(build(str(shared / name)))
+    return built.read_text()
+
+
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> str:
-    return write_tiny_data(str(tmp_path_factory.mktemp("tiny_data")))
+def tiny_data(request, tmp_path_factory) -> str:
+    return built_once(request, tmp_path_factory, "tiny_data", write_tiny_data)
+
+
+# `make test` hands whole modules to its workers (--dist loadfile) in collection order
+# (--no-loadscope-reorder, pyproject.toml): the longest first, so that no worker starts one of
+# them as the others run out of work. Every other module keeps its place.
+LONGEST_FIRST = (
+    "test_end_to_end.py",
+    "test_multi_worker.py",
+    "test_demo.py",
+    "test_served_equals_evaluated.py",
+    "test_train.py",
+    "test_export.py",
+    "test_pretrain.py",
+    "test_steps.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # Stable: tests keep their order within a module.
 
 
 # CI runs each property on the same examples every time (a fixed seed), so a red CI names a
@@ -192,14 +234,33 @@ def start_module(args: list[str], cwd: str = REPO, env: dict | None = None):
     )
 
 
+# The shared job's run: 8 epochs of 3 steps, the commands' --jit_compile default (unset).
+TRAINED_JOB = dict(epochs=8, max_length=8, deterministic=False, jit_compile=None)
+
+
 @pytest.fixture(scope="session")
-def trained_job(tiny_data, tmp_path_factory) -> str:
-    """A job dir trained for a few epochs on the tiny data set (checkpoint + config.json)."""
+def trained_job(request, tiny_data, tmp_path_factory) -> str:
+    """A job dir trained once per test run on the tiny data set; tests only read it (copy it
+    to change it)."""
     from trainer import train
 
-    job_dir = str(tmp_path_factory.mktemp("trained_job"))
-    train.train(tiny_config(tiny_data, job_dir, epochs=8, max_length=8, deterministic=False))
-    return job_dir
+    def build(job_dir: str) -> str:
+        train.train(tiny_config(tiny_data, job_dir, **TRAINED_JOB))
+        return job_dir
+
+    return built_once(request, tmp_path_factory, "trained_job", build)
+
+
+@pytest.fixture(scope="session")
+def exported(request, trained_job, tmp_path_factory) -> str:
+    """The trained job's SavedModel (beam 3, so n-best has three), exported once per test run:
+    its version dir, under EXPORT_DIR/captioner/. Tests only read it."""
+    from serving import export
+
+    def build(export_dir: str) -> str:
+        return export.export(trained_job, export_dir, beam_size=3)
+
+    return built_once(request, tmp_path_factory, "exported", build)
 
 
 def fresh_process_json(script: str, *args: str):
@@ -215,10 +276,6 @@ def fresh_process_json(script: str, *args: str):
 
 
 @pytest.fixture(scope="session")
-def exported_model_dir(trained_job, tmp_path_factory) -> str:
-    """`trained_job` exported with the default beam: EXPORT_DIR/captioner, its version 1."""
-    from serving import export
-
-    export_dir = tmp_path_factory.mktemp("exports")
-    export.export(trained_job, str(export_dir))
-    return str(export_dir / "captioner")
+def exported_model_dir(exported) -> str:
+    """The shared export's model dir: EXPORT_DIR/captioner, its version below."""
+    return os.path.dirname(exported)

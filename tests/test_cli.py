@@ -1,6 +1,8 @@
 """Shared flags: defined once, one default each, the same flag for every command that adopts it."""
 
-from absl import flags
+import functools
+import inspect
+import os
 
 from trainer import cli, decoding
 
@@ -12,15 +14,7 @@ def test_definers_return_the_one_flag_however_often_called():
     assert cli.define_job_dir() is cli.define_job_dir()
 
 
-def test_defaults_are_the_library_defaults():
-    beam, alpha, _ = cli.define_decoding()
-    assert beam.default == decoding.BEAM_SIZE and alpha.default == decoding.LENGTH_ALPHA
-    assert flags.FLAGS["job_dir"].default == cli.DEFAULT_JOB_DIR
-
-
 def test_commands_agree_on_the_decoding_defaults():
-    import inspect
-
     from serving import export
     from trainer import evaluate
 
@@ -30,6 +24,7 @@ def test_commands_agree_on_the_decoding_defaults():
         assert parameters["length_alpha"].default == decoding.LENGTH_ALPHA, function.__name__
 
 
+@functools.cache
 def help_text(module: str) -> str:
     """`python -m MODULE --helpfull` in a fresh process: every flag its define_flags() adopts."""
     import subprocess
@@ -42,10 +37,28 @@ def help_text(module: str) -> str:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**__import__("os").environ, "PYTHONPATH": REPO},
+        env={**os.environ, "PYTHONPATH": REPO},
     )
     assert "Traceback" not in result.stderr, result.stderr[-2000:]  # absl's help exits 1.
     return result.stdout
+
+
+def shown_default(help_output: str, flag: str) -> str:
+    """The default that --helpfull shows for --FLAG, unquoted."""
+    entry = help_output[help_output.index(f"  --{flag}:") :]
+    return entry.split("(default: ", 1)[1].split(")", 1)[0].strip("'")
+
+
+def test_help_shows_the_defaults_the_commands_decode_and_write_with():
+    from serving import demo, export
+
+    workflow = help_text("serving.workflow")  # trainer.task's flags and serving.export's.
+    parameters = inspect.signature(export.export).parameters
+    assert int(shown_default(workflow, "beam_size")) == parameters["beam_size"].default
+    assert float(shown_default(workflow, "length_alpha")) == parameters["length_alpha"].default
+    assert shown_default(workflow, "job_dir") == cli.DEFAULT_JOB_DIR
+    # The demo decodes with its own length_alpha, and its help says so.
+    assert float(shown_default(help_text("serving.demo"), "length_alpha")) == demo.DEMO_LENGTH_ALPHA
 
 
 def test_workflow_adopts_the_flags_of_training_and_export_each_defined_once():
@@ -58,5 +71,4 @@ def test_workflow_adopts_the_flags_of_training_and_export_each_defined_once():
 def test_the_demo_takes_every_training_flag_with_its_own_defaults():
     text = help_text("serving.demo")
     assert "--feature_layer" in text and "--units" in text and "--out_dir" in text
-    image_size = text[text.index("  --image_size") :].split("(default: ")[1]
-    assert image_size.startswith("'64'")
+    assert shown_default(text, "image_size") == "64"

@@ -9,6 +9,7 @@ import pytest
 
 from preprocess import scenes
 from serving import demo
+from trainer import grounding
 from trainer import model as model_lib
 
 
@@ -26,7 +27,15 @@ def test_shipped_encoder_weights_load_and_are_trained():
 
 
 @pytest.mark.slow
-def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsys):
+def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsys, monkeypatch):
+    pointed = []  # What the evaluation hands the pointing game: (rows, scenes).
+
+    def recording_pointing_game(rows, scenes_by_image):
+        pointed.append((rows, scenes_by_image))
+        return pointing_game(rows, scenes_by_image)
+
+    pointing_game = grounding.pointing_game
+    monkeypatch.setattr(grounding, "pointing_game", recording_pointing_game)
     training = {**demo.DEMO_TRAINING, "image_size": 32, "epochs": 1, "batch_size": 8}
     summary = demo.demo(str(tmp_path), images=60, training=training, beam_size=2, show=2)
     assert 0.0 <= summary["bleu4"] <= 1.0 and 0.0 <= summary["true_captions"] <= 1.0
@@ -41,9 +50,17 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert all(0.0 <= value <= 1.0 for value in summary["contrast_accuracy"].values())
     assert set(summary["contrast_ceiling"]) == {"left/right", "above/below"}
     assert summary["length_alpha"] == demo.DEMO_LENGTH_ALPHA
+    # The reported pointing game is the one over every held-out caption's words and attention
+    # (a model this small may name no object yet: then no words and NaN figures).
     pointing = summary["pointing_game"]
     side = math.isqrt(model_lib.num_locations(32, training["feature_layer"]))
-    assert pointing["grid"] == f"{side}x{side}" and pointing["words"] >= 0
+    [(rows, scenes_by_image)] = pointed
+    assert len(rows) == summary["test_images"]
+    for row in rows:
+        assert np.shape(row["attention"]) == (len(row["tokens"]), side * side)
+        assert row["image"] in scenes_by_image
+    assert pointing["grid"] == f"{side}x{side}"
+    assert json.dumps(pointing) == json.dumps(pointing_game(rows, scenes_by_image))
     # The SavedModel on the original photos: the evaluation's captions (same pixels, same beam).
     assert summary["served"]["equal_to_evaluated"] >= 0.8
     assert 0.0 <= summary["served"]["true_captions"] <= 1.0

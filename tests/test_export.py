@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import fresh_process_json
 
-from preprocess import records, text
+from preprocess import records, text, transform
 from serving import export, tf_serving
 from trainer import evaluate
 
@@ -34,9 +34,9 @@ def saved_model_cli_run(version_dir, signature, image: bytes, tmp_path, *extra) 
 
 
 @pytest.fixture(scope="module")
-def exported(trained_job, tmp_path_factory):
-    export_dir = str(tmp_path_factory.mktemp("exports"))
-    return export.export(trained_job, export_dir, beam_size=1)
+def saved_model(exported):
+    """The shared export loaded once for the module: each load and first call costs seconds."""
+    return tf.saved_model.load(exported)
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +63,26 @@ def test_export_layout_assets_and_models_config(exported):
 
 
 def test_vocab_asset_is_the_id_table_that_maps_the_served_tokens_back(
-    exported, trained_job, split_images
+    exported, trained_job, split_images, saved_model
 ):
-    from trainer import train
+    from trainer import decoding, train
 
     table = open(os.path.join(exported, "assets", "vocab.txt")).read().splitlines()
-    model, tokens, _ = train.restore(trained_job)
+    model, tokens, config = train.restore(trained_job)
     assert table == tokens and len(table) == model.vocab_size  # Every id the model can emit.
-    serve = tf.saved_model.load(exported).signatures["serving_default"]
-    out = serve(image_bytes=tf.constant([open(path, "rb").read() for path in split_images]))
-    for caption, row in zip(out["caption"].numpy(), out["tokens"].numpy()):
+    images = [open(path, "rb").read() for path in split_images]
+    serve = saved_model.signatures["serving_default"]
+    out = serve(image_bytes=tf.constant(images))
+    # The ids the job's model emits for the same pixels, read through the asset's lines.
+    pixels = tf.stack([transform.preprocess_image(image, config.image_size) for image in images])
+    decoded = decoding.caption(model, model.encode(pixels), tf.constant(tokens), config.max_length)
+    for caption, row, ids in zip(
+        out["caption"].numpy(), out["tokens"].numpy(), decoded["token_ids"]
+    ):
         words = [token.decode() for token in row if token]
-        ids = [table.index(word) for word in words]  # Each token has its line.
-        assert [table[i] for i in ids] == words
+        ids = ids.numpy().tolist()
+        ids = ids[: ids.index(text.END_ID) + 1] if text.END_ID in ids else ids
+        assert words == [table[i] for i in ids if i != text.PAD_ID]
         assert " ".join(w for w in words if w not in text.RESERVED_TOKENS) == caption.decode()
 
 
@@ -83,16 +90,15 @@ def test_fresh_process_captions_equal_the_evaluation_captions(exported, trained_
     served = fresh_process_json(FRESH_PROCESS, exported, *split_images)
     evaluated = {
         row["image"]: row["caption"]
-        for row in evaluate.evaluate(trained_job, split="test", beam_size=1)["rows"]
+        for row in evaluate.evaluate(trained_job, split="test", beam_size=3)["rows"]
     }
     assert served == [evaluated[os.path.basename(path)] for path in split_images]
     assert any(served)
 
 
-def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, split_images):
-    loaded = tf.saved_model.load(exported)
-    assert set(loaded.signatures) == {"serving_default", "caption_examples", "caption_nbest"}
-    serve = loaded.signatures["serving_default"]
+def test_signatures_have_the_contracted_names_dtypes_and_shapes(saved_model, split_images):
+    assert set(saved_model.signatures) == {"serving_default", "caption_examples", "caption_nbest"}
+    serve = saved_model.signatures["serving_default"]
     (spec,) = serve.structured_input_signature[1].values()
     assert spec.name == "image_bytes" and spec.dtype == tf.string
     images = [open(path, "rb").read() for path in split_images[:3]]
@@ -102,7 +108,7 @@ def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, split_
     assert out["tokens"].shape == (3, 7) and out["tokens"].dtype == tf.string
     assert out["attention"].shape == (3, 7, 1) and out["attention"].dtype == tf.float32
     examples = [records.encode_example(image, "x.jpg", 32, 32, []) for image in images]
-    by_example = loaded.signatures["caption_examples"](examples=tf.constant(examples))
+    by_example = saved_model.signatures["caption_examples"](examples=tf.constant(examples))
     np.testing.assert_array_equal(by_example["caption"], out["caption"])
 
 
@@ -118,7 +124,7 @@ def test_signatures_have_the_contracted_names_dtypes_and_shapes(exported, split_
     ],
 )
 def test_bad_bytes_raise_invalid_argument_and_the_next_request_works(
-    exported, split_images, bad, message
+    saved_model, split_images, bad, message
 ):
     good = open(split_images[0], "rb").read()
     if bad == "truncated":
@@ -126,7 +132,7 @@ def test_bad_bytes_raise_invalid_argument_and_the_next_request_works(
     elif bad == "huge_png":
         # A PNG header claiming 60,000 × 60,000 pixels: refused before any allocation.
         bad = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + (60000).to_bytes(4, "big") * 2 + b"\0" * 9
-    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    serve = saved_model.signatures["serving_default"]
     expected = serve(image_bytes=tf.constant([good]))["caption"].numpy()
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         serve(image_bytes=tf.constant([good, bad]))
@@ -162,16 +168,10 @@ def test_saved_model_cli_shows_and_runs_it(exported, split_images, tmp_path):
     assert "caption" in ran and "log_prob" in ran
 
 
-@pytest.fixture(scope="module")
-def exported_beam3(trained_job, tmp_path_factory):
-    return export.export(trained_job, str(tmp_path_factory.mktemp("exports3")), beam_size=3)
-
-
-def test_nbest_is_distinct_sorted_and_its_first_is_the_served_caption(exported_beam3, split_images):
-    loaded = tf.saved_model.load(exported_beam3)
+def test_nbest_is_distinct_sorted_and_its_first_is_the_served_caption(saved_model, split_images):
     images = tf.constant([open(path, "rb").read() for path in split_images])
-    served = loaded.signatures["serving_default"](image_bytes=images)
-    nbest = loaded.signatures["caption_nbest"](image_bytes=images, num_captions=tf.constant(0))
+    served = saved_model.signatures["serving_default"](image_bytes=images)
+    nbest = saved_model.signatures["caption_nbest"](image_bytes=images, num_captions=tf.constant(0))
     batch, steps = served["tokens"].shape
     assert nbest["captions"].shape == (batch, 3)
     assert nbest["token_log_probs"].shape == nbest["tokens"].shape == (batch, 3, steps)
@@ -188,11 +188,10 @@ def test_nbest_is_distinct_sorted_and_its_first_is_the_served_caption(exported_b
     assert (nbest["token_log_probs"].numpy()[tokens == b""] == 0).all()
 
 
-def test_nbest_of_one_equals_serving_default(exported_beam3, split_images):
-    loaded = tf.saved_model.load(exported_beam3)
+def test_nbest_of_one_equals_serving_default(saved_model, split_images):
     images = tf.constant([open(path, "rb").read() for path in split_images[:3]])
-    served = loaded.signatures["serving_default"](image_bytes=images)
-    one = loaded.signatures["caption_nbest"](image_bytes=images, num_captions=tf.constant(1))
+    served = saved_model.signatures["serving_default"](image_bytes=images)
+    one = saved_model.signatures["caption_nbest"](image_bytes=images, num_captions=tf.constant(1))
     assert one["captions"].shape == (3, 1)
     np.testing.assert_array_equal(one["captions"][:, 0], served["caption"])
     np.testing.assert_array_equal(one["tokens"][:, 0], served["tokens"])
@@ -200,8 +199,8 @@ def test_nbest_of_one_equals_serving_default(exported_beam3, split_images):
 
 
 @pytest.mark.parametrize("signature", ["serving_default", "caption_examples", "caption_nbest"])
-def test_bad_bytes_raise_invalid_argument_on_every_signature(exported_beam3, signature):
-    serve = tf.saved_model.load(exported_beam3).signatures[signature]
+def test_bad_bytes_raise_invalid_argument_on_every_signature(saved_model, signature):
+    serve = saved_model.signatures[signature]
     bad = b"hello, I am text"
     inputs = {"image_bytes": tf.constant([bad])}
     if signature == "caption_examples":
@@ -212,34 +211,37 @@ def test_bad_bytes_raise_invalid_argument_on_every_signature(exported_beam3, sig
         serve(**inputs)
 
 
-def test_warmup_requests_parse_and_replay_on_every_signature(exported_beam3):
+def test_warmup_requests_parse_and_replay_on_every_signature(exported, saved_model):
     from tensorflow_serving.apis import prediction_log_pb2
 
-    path = os.path.join(exported_beam3, "assets.extra", "tf_serving_warmup_requests")
+    path = os.path.join(exported, "assets.extra", "tf_serving_warmup_requests")
     logs = [
         prediction_log_pb2.PredictionLog.FromString(record.numpy())
         for record in tf.data.TFRecordDataset(path)
     ]
-    signatures = tf.saved_model.load(exported_beam3).signatures
+    signatures = saved_model.signatures
     replayed = set()
     for log in logs:
         request = log.predict_log.request
         assert request.model_spec.name == "captioner"
         inputs = {name: tf.constant(tf.make_ndarray(t)) for name, t in request.inputs.items()}
         outputs = signatures[request.model_spec.signature_name](**inputs)
-        assert outputs  # Ran: a caption (or n-best) per image.
+        # A caption (or n-best) with a finite score for every image of the request.
+        images = inputs.get("image_bytes", inputs.get("examples")).shape[0]
+        scores = outputs["log_probs" if "captions" in outputs else "log_prob"]
+        assert scores.shape[0] == images and np.isfinite(scores).all()
         replayed.add(request.model_spec.signature_name)
     assert replayed == set(signatures)
 
 
-def test_batching_parameters_are_written_beside_the_versions(exported_beam3, tmp_path):
-    export_dir = os.path.dirname(os.path.dirname(exported_beam3))
+def test_batching_parameters_are_written_beside_the_versions(exported, tmp_path):
+    export_dir = os.path.dirname(os.path.dirname(exported))
     written = open(os.path.join(export_dir, tf_serving.BATCHING_FILENAME)).read()
     assert written == open(tf_serving.write_batching_parameters(str(tmp_path))).read()
 
 
-def test_saved_model_cli_runs_caption_nbest(exported_beam3, split_images, tmp_path):
+def test_saved_model_cli_runs_caption_nbest(exported, split_images, tmp_path):
     image = open(split_images[0], "rb").read()
     extra = ("--input_exprs", "num_captions=2")
-    ran = saved_model_cli_run(exported_beam3, "caption_nbest", image, tmp_path, *extra)
+    ran = saved_model_cli_run(exported, "caption_nbest", image, tmp_path, *extra)
     assert "captions" in ran and "token_log_probs" in ran

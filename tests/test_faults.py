@@ -4,27 +4,22 @@ A run killed with SIGKILL and restarted is tested where it is hardest, on two wo
 together (tests/test_multi_worker.py); a resume's equality with an uninterrupted run on one
 device is tests/test_train.py's."""
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import TRAINED_JOB, tiny_config
 
 from trainer import loop, steps, train
 
 
 def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
-    tiny_data, tmp_path, monkeypatch
+    tiny_data, trained_job, tmp_path, monkeypatch
 ):
-    config = tiny_config(
-        tiny_data,
-        tmp_path / "job",
-        epochs=3,
-        checkpoint_every_steps=1,
-        max_steps=2,
-    )
-    train.train(config)
-    good = tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints"))
-    assert good.endswith("-2")
+    job_dir = shutil.copytree(trained_job, tmp_path / "job")  # Eight epochs done: step 24.
+    good = tf.train.latest_checkpoint(str(job_dir / "checkpoints"))
+    assert good.endswith("-24")
 
     def nan_loss(*args, **kwargs):
         loss_sum, tokens, correct = masked_loss_sum(*args, **kwargs)
@@ -32,11 +27,13 @@ def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
 
     masked_loss_sum = steps.masked_loss_sum
     monkeypatch.setattr(steps, "masked_loss_sum", nan_loss)
-    config.max_steps = 0
-    with pytest.raises(loop.TrainingDiverged, match="loss became nan at step 2"):
+    config = tiny_config(
+        tiny_data, job_dir, **{**TRAINED_JOB, "epochs": 9}, checkpoint_every_steps=1
+    )
+    with pytest.raises(loop.TrainingDiverged, match="loss became nan at step 24"):
         train.train(config)
-    assert tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints")) == good
-    model, _, _ = train.restore(str(tmp_path / "job"))
+    assert tf.train.latest_checkpoint(str(job_dir / "checkpoints")) == good
+    model, _, _ = train.restore(str(job_dir))
     assert all(np.isfinite(weight).all() for weight in model.get_weights())
 
 

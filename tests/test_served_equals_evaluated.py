@@ -107,9 +107,16 @@ def job_without_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(job_without_data, tmp_path_factory) -> str:
+def photo_export(job_without_data, tmp_path_factory) -> str:
     job_dir, *_ = job_without_data
     return export.export(job_dir, str(tmp_path_factory.mktemp("exports")), beam_size=2)
+
+
+@pytest.fixture(scope="module")
+def evaluation(job_without_data) -> dict:
+    """The test split captioned and scored from the moved records, as the SavedModel decodes."""
+    job_dir, records_dir, *_ = job_without_data
+    return evaluate.evaluate(job_dir, data_dir=records_dir, split="test", beam_size=2)
 
 
 def test_the_job_dir_holds_its_token_table_in_id_order(job_without_data):
@@ -120,24 +127,20 @@ def test_the_job_dir_holds_its_token_table_in_id_order(job_without_data):
     assert not os.path.exists(config.data_dir)
 
 
-def test_evaluation_needs_only_the_records_it_scores(job_without_data):
-    job_dir, records_dir, *_ = job_without_data
+def test_evaluation_needs_only_the_records_it_scores(job_without_data, evaluation):
+    job_dir, *_ = job_without_data
     with pytest.raises(data.DataError, match="--data_dir="):
         evaluate.evaluate(job_dir, split="test")  # The trained-on data dir is gone.
-    result = evaluate.evaluate(job_dir, data_dir=records_dir, split="test", beam_size=2)
-    assert result["metrics"]["images"] == len(TEST_PHOTOS)
+    assert evaluation["metrics"]["images"] == len(TEST_PHOTOS)
 
 
-def test_saved_model_of_the_original_photos_equals_the_evaluation(job_without_data, exported):
-    job_dir, records_dir, photos, names = job_without_data
-    evaluated = {
-        row["image"]: row
-        for row in evaluate.evaluate(job_dir, data_dir=records_dir, split="test", beam_size=2)[
-            "rows"
-        ]
-    }
+def test_saved_model_of_the_original_photos_equals_the_evaluation(
+    job_without_data, photo_export, evaluation
+):
+    _, _, photos, names = job_without_data
+    evaluated = {row["image"]: row for row in evaluation["rows"]}
     paths = [os.path.join(photos, name) for name in names]
-    served = fresh_process_json(FRESH_PROCESS, exported, *paths)
+    served = fresh_process_json(FRESH_PROCESS, photo_export, *paths)
     assert served["captions"] == [evaluated[name]["caption"] for name in names]
     # Log-probabilities move with any pixel of difference: the inputs are the same.
     np.testing.assert_allclose(
@@ -145,14 +148,14 @@ def test_saved_model_of_the_original_photos_equals_the_evaluation(job_without_da
     )
 
 
-def test_predict_reads_the_export_alone(job_without_data, exported):
+def test_predict_reads_the_export_alone(job_without_data, photo_export):
     _, _, photos, names = job_without_data
-    lines = predict.predict(exported, [os.path.join(photos, name) for name in names])
+    lines = predict.predict(photo_export, [os.path.join(photos, name) for name in names])
     assert [os.path.basename(line["image"]) for line in lines] == names
     assert all(line.get("caption") is not None for line in lines)
 
 
-def test_a_rotated_photo_is_served_as_its_upright_twin(job_without_data, exported):
+def test_a_rotated_photo_is_served_as_its_upright_twin(job_without_data, photo_export):
     """The SavedModel applies EXIF orientation as preprocess does: same caption, same score."""
     import tensorflow as tf
 
@@ -164,7 +167,7 @@ def test_a_rotated_photo_is_served_as_its_upright_twin(job_without_data, exporte
         assert upright.size == (image.height, image.width)
     buffer = io.BytesIO()
     upright.save(buffer, format="PNG")  # Lossless: exactly the upright pixels.
-    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    serve = tf.saved_model.load(photo_export).signatures["serving_default"]
     out = serve(image_bytes=tf.constant([rotated, buffer.getvalue()]))
     assert out["caption"][0] == out["caption"][1]
     np.testing.assert_allclose(out["log_prob"][0], out["log_prob"][1], atol=1e-5)

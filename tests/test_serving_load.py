@@ -14,7 +14,6 @@ from conftest import draw
 from PIL import Image
 
 from bench import serving_load as bench
-from serving import export
 
 THREADS = 8
 WARMUP_REQUESTS = 200
@@ -44,14 +43,11 @@ def good_images() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module", params=["serving_default", "caption_nbest"])
-def serve(trained_job, tmp_path_factory, request):
-    """A signature as one-image-in, {"caption"}-out, whichever it is; n-best from a beam of 2."""
-    export_dir = str(tmp_path_factory.mktemp("load_exports"))
+def serve(exported, request):
+    """A signature as one-image-in, {"caption"}-out, whichever it is; n-best: 2 of the beam's 3."""
     if request.param == "serving_default":
-        version_dir = export.export(trained_job, export_dir, beam_size=1)
-        return tf.saved_model.load(version_dir).signatures["serving_default"]
-    version_dir = export.export(trained_job, export_dir, beam_size=2)
-    nbest = tf.saved_model.load(version_dir).signatures["caption_nbest"]
+        return tf.saved_model.load(exported).signatures["serving_default"]
+    nbest = tf.saved_model.load(exported).signatures["caption_nbest"]
 
     def best_of_nbest(image_bytes):
         outputs = nbest(image_bytes=image_bytes, num_captions=tf.constant(2))

@@ -2,27 +2,27 @@
 
 import json
 import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config, write_tiny_data
+from conftest import TRAINED_JOB, tiny_config, write_tiny_data
 
 from trainer import data, loop, train
 
 
-def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(tiny_data, tmp_path):
-    config = tiny_config(
-        tiny_data, tmp_path / "job", epochs=6, deterministic=False, jit_compile=None
-    )
-    metrics = train.train(config)
+def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(trained_job):
+    job_dir = pathlib.Path(trained_job)  # conftest.TRAINED_JOB: 8 epochs, --jit_compile unset.
+    metrics = json.loads((job_dir / "train_metrics.json").read_text())
     losses = [epoch["train_loss"] for epoch in metrics["history"]]
     assert losses[-1] < 0.7 * losses[0], losses
-    assert metrics["step"] == 6 * 3  # 24 train examples / batch 8, six epochs.
-    assert tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints"))
-    assert os.listdir(tmp_path / "job" / "logs" / "train")
+    assert metrics["step"] == 8 * 3  # 24 train examples / batch 8, eight epochs.
+    assert tf.train.latest_checkpoint(str(job_dir / "checkpoints"))
+    assert os.listdir(job_dir / "logs" / "train")
     assert "val_loss" in metrics["history"][-1]
-    written = json.loads((tmp_path / "job" / "config.json").read_text())
+    written = json.loads((job_dir / "config.json").read_text())
     assert written["flags"]["batch_size"] == 8 and written["identity"]["vocab_size"] > 4
     assert written["jit_compile"] is True  # Cached features, no --jit_compile given.
 
@@ -69,11 +69,11 @@ def test_batch_larger_than_the_train_split_is_refused(tiny_data, tmp_path):
         train.train(tiny_config(tiny_data, tmp_path / "job", batch_size=64))
 
 
-def test_resuming_with_another_vocabulary_is_refused(tiny_data, tmp_path):
-    train.train(tiny_config(tiny_data, tmp_path / "job", epochs=1))
+def test_resuming_with_another_vocabulary_is_refused(trained_job, tmp_path):
+    job_dir = shutil.copytree(trained_job, tmp_path / "job")  # A copy: the shared job is read-only.
     other = write_tiny_data(str(tmp_path / "other"), images_per_split=(9, 3, 3))
     with pytest.raises(ValueError, match="vocab"):
-        train.train(tiny_config(other, tmp_path / "job", epochs=2))
+        train.train(tiny_config(other, job_dir, **TRAINED_JOB))
 
 
 def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):

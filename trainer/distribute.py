@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import keras
@@ -100,7 +99,3 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def worker_id(strategy: tf.distribute.Strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     return int(getattr(resolver, "task_id", 0) or 0)
-
-
-def log_strategy(strategy: tf.distribute.Strategy, precision: str) -> None:
-    logging.info("strategy: %s; precision: %s", describe(strategy), precision)
