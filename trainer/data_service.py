@@ -9,7 +9,10 @@ side, a training pipeline sent to them.
 The dispatcher splits each training epoch by shard file across the workers ("distributed_epoch":
 every example once per epoch, in no fixed order); a worker reads, decodes, resizes, tokenises
 and batches its shards and sends the batches to the trainer. Workers open the shards at the
-paths the trainer names, so they must see the data dir at the same path (or bucket).
+paths the trainer names, so they must see the data dir at the same path (or bucket). A worker
+that dies loses what it held, and the service waits for it to come back at its address; the
+trainer gives that pass up after --data_service_timeout (trainer/loop.py). docs/data_service.md
+says when to use it.
 """
 
 from __future__ import annotations
