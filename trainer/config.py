@@ -62,6 +62,10 @@ class TrainConfig:
     max_steps: int = 0  # 0: no limit; stop (with a checkpoint) after this many steps in all.
     sample_captions: int = 3
     deterministic: bool = False
+    # grpc://HOST:PORT of a tf.data service dispatcher (trainer/data_service.py) that makes the
+    # training batches; "": this process does. Seconds without a batch before an epoch is given up.
+    data_service: str = ""
+    data_service_timeout: float = 120.0
 
 
 def step_jit_compile(config: TrainConfig) -> bool:

@@ -9,18 +9,23 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
 
 import numpy as np
 import tensorflow as tf
 
 from preprocess import text
-from trainer import cider, cli, data, decoding, distribute, scst, steps
+from trainer import cider, cli, data, data_service, decoding, distribute, scst, steps
 from trainer.config import TrainConfig, step_jit_compile
 from trainer.model import Captioner
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DataServiceStalled(data.DataError):
+    """A pass through the tf.data service gave no batch at all: no worker is serving."""
 
 
 def _summary_writer(job_dir: str, name: str, chief: bool):
@@ -39,6 +44,9 @@ class Loop:
         self.tokenizer = tokenizer
         self.train_files, self.val_files, self.source = inputs
         self.val_metrics: dict = {}
+        # The service's job names must be new for every pass of every run.
+        self.run_name = f"captioner-{uuid.uuid4().hex[:12]}"
+        self.service_counts: dict = {}
         jit_compile = step_jit_compile(config)
         print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
         self.train_step, self.eval_step, _ = steps.make_step_functions(
@@ -55,10 +63,17 @@ class Loop:
         self.val_writer = _summary_writer(config.job_dir, "val", chief)
 
     def dataset(
-        self, epoch: int, files: list[str], shuffle: bool, drop: bool, per_image: bool = False
+        self,
+        epoch: int,
+        files: list[str],
+        shuffle: bool,
+        drop: bool,
+        per_image: bool = False,
+        service_job: str = "",
     ):
         """`per_image`: one element per image with its filename and references (self-critical
-        training), not per caption."""
+        training), not per caption. `service_job`: made by --data_service's workers as the job
+        of that name."""
         config = self.config
         sampling = config.caption_sampling if shuffle and not per_image else "first"
 
@@ -74,11 +89,16 @@ class Loop:
                 caption_sampling=sampling,
                 shuffle=shuffle,
                 seed=config.seed * 1000 + epoch,
-                drop_remainder=drop,
+                drop_remainder=drop and not service_job,
                 mirror=config.mirror and shuffle and not per_image,
                 keep_references=per_image,
             )
 
+        if service_job:
+            dataset = data_service.distribute(
+                dataset_fn(), config.data_service, service_job, config.batch_size, drop
+            )
+            return self.strategy.experimental_distribute_dataset(dataset)
         # The global batch is split across replicas in order: the same global batch gives the
         # same gradient on one device or many.
         return self.strategy.experimental_distribute_dataset(dataset_fn())
@@ -91,16 +111,13 @@ class Loop:
         config = self.config
         # A log file gets one line per epoch, not one bar per step.
         progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
-        iterator = iter(self.dataset(epoch, self.train_files, shuffle=True, drop=True))
-        for _ in range(skip):  # Resume mid-epoch at the very batch where the run stopped.
-            next(iterator)
         losses, started = [], time.perf_counter()
         current = int(self.step.numpy())
-        for position in range(skip, steps_per_epoch):
-            if current >= total_steps:
-                break
+        count = min(steps_per_epoch - skip, total_steps - current)
+        batches = self.train_batches(epoch, skip, count)
+        for position, batch in enumerate(batches, start=skip):
             learning_rate = float(schedule(current))
-            loss, accuracy = self.train_one(next(iterator), current, learning_rate)
+            loss, accuracy = self.train_one(batch, current, learning_rate)
             current = int(self.step.numpy())
             losses.append(loss)
             progress.update(position + 1, [("loss", loss), ("accuracy", accuracy)])
@@ -109,6 +126,7 @@ class Loop:
         record = {"epoch": epoch + 1, "step": current}
         record["train_loss"] = float(np.mean(losses)) if losses else None
         record["images_per_second"] = len(losses) * config.batch_size / max(seconds, 1e-9)
+        record.update(self.service_counts)
         with self.train_writer.as_default(step=current):
             tf.summary.scalar("images_per_second", record["images_per_second"])
         record.update(self.validate(current))
@@ -121,15 +139,12 @@ class Loop:
         self.optimizer.learning_rate = config.scst_learning_rate
         progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["reward", "advantage"])
         seed_epoch = config.epochs + epoch  # Other shuffles than cross-entropy's epochs.
-        iterator = iter(
-            self.dataset(seed_epoch, self.train_files, shuffle=True, drop=True, per_image=True)
-        )
-        for _ in range(skip):
-            next(iterator)
         rewards = []
         current = int(self.step.numpy())
-        for position in range(skip, min(steps_per_epoch, skip + total_steps - current)):
-            reward, advantage = train_step(next(iterator), self.step)
+        count = min(steps_per_epoch - skip, total_steps - current)
+        batches = self.train_batches(seed_epoch, skip, count, per_image=True)
+        for position, batch in enumerate(batches, start=skip):
+            reward, advantage = train_step(batch, self.step)
             rewards.append(float(reward))
             current = int(self.step.assign_add(1).numpy())
             with self.train_writer.as_default(step=current):
@@ -145,6 +160,51 @@ class Loop:
             with self.val_writer.as_default(step=current):
                 tf.summary.scalar("cider_d", record["val_cider_d"])
         return record
+
+    def train_batches(self, epoch: int, skip: int, count: int, per_image: bool = False):
+        """`count` training batches of `epoch` from its batch `skip`: a resumed run goes on at
+        the very batch where it stopped; through --data_service, from a fresh pass instead."""
+        if self.config.data_service:
+            yield from self._service_batches(epoch, count, per_image)
+            return
+        iterator = iter(
+            self.dataset(epoch, self.train_files, shuffle=True, drop=True, per_image=per_image)
+        )
+        for _ in range(skip):
+            next(iterator)
+        for _ in range(count):
+            yield next(iterator)
+
+    def _service_batches(self, epoch: int, count: int, per_image: bool):
+        """`count` batches of `epoch` from the data service, each pass a new job: a pass that a
+        lost worker ends early (losing what it held) is topped up from another pass."""
+        config, received, passes = self.config, 0, []
+        while received < count:
+            job = f"{self.run_name}-epoch{epoch}-pass{len(passes)}"
+            dataset = self.dataset(epoch, self.train_files, True, True, per_image, service_job=job)
+            reader = data_service.BoundedReader(dataset, config.data_service_timeout)
+            passes.append(0)
+            while received < count and (batch := reader.next()) is not None:
+                passes[-1] += 1
+                received += 1
+                yield batch
+            reader.close()
+            if received < count:
+                why = "timed out" if reader.timed_out else "ended"
+                print(f"data service: the pass {why} after {passes[-1]} batches", flush=True)
+            if not passes[-1]:
+                raise DataServiceStalled(
+                    f"--data_service={config.data_service}: no batch in "
+                    f"{config.data_service_timeout:g} s; are its workers running (python -m "
+                    "trainer.data_service --worker), and do they see --data_dir?"
+                )
+        extra = len(passes) - 1
+        lost = f" ({count - passes[0]} lost; made up from {extra} new pass{'es' * (extra > 1)})"
+        print(
+            f"data service: {passes[0]} of {count} batches this epoch" + (lost if extra else ""),
+            flush=True,
+        )
+        self.service_counts = {"data_service_batches": passes[0], "expected_batches": count}
 
     def _scst_step(self):
         """The self-critical step and its CIDEr-D scorer, made once per run."""

@@ -70,6 +70,7 @@ def define_flags() -> None:
         ["first", "random", "all"],
         "Which caption of an example trains: first, one at random, or all.",
     )
+    _define_data_service_flags()
     flags.DEFINE_bool(
         "mirror",
         defaults.mirror,
@@ -130,6 +131,24 @@ def define_flags() -> None:
     cli.define_decoding()
     cli.define_decode_batch_size()
     flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
+
+
+def _define_data_service_flags() -> None:
+    """Training batches made by tf.data service workers (python -m trainer.data_service)."""
+    flags.DEFINE_string(
+        "data_service",
+        defaults.data_service,
+        "grpc://HOST:PORT of a tf.data service dispatcher whose workers make the training "
+        "batches (validation stays here); empty: this process makes them. Each epoch trains "
+        "every example once in no fixed order, so a run resumed mid-epoch trains a fresh pass.",
+    )
+    flags.DEFINE_float(
+        "data_service_timeout",
+        defaults.data_service_timeout,
+        "Seconds without a batch from --data_service before the epoch is given up (a worker "
+        "died and is not back) and finished from a new pass.",
+        lower_bound=1.0,
+    )
 
 
 def _define_scst_flags() -> None:

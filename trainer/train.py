@@ -28,6 +28,12 @@ def _check_config(config: TrainConfig, replicas: int) -> None:
             f"--batch_size={config.batch_size} does not split across {replicas} replicas; "
             f"pass a multiple of {replicas}."
         )
+    if config.data_service and config.strategy == "multi_worker":
+        raise ValueError(
+            f"--data_service={config.data_service} feeds one trainer process (any number of "
+            "its devices: --strategy=mirrored); several trainer hosts would have to agree on "
+            "how many batches each epoch gives them. Drop --data_service or train on one host."
+        )
 
 
 # What a checkpoint is bound to: resuming or restoring it needs the same.
