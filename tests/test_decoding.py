@@ -99,7 +99,9 @@ def test_beam_of_one_equals_greedy_and_an_eager_step_by_step_loop():
     rng = np.random.default_rng(0)
     cnn_features = tf.constant(rng.normal(size=(3, 1, 1280)) * 3, tf.float32)
     greedy = decoding.greedy(model, cnn_features, VOCAB, max_length=6)
-    beam_one = decoding.caption(model, cnn_features, VOCAB, max_length=6, beam_size=1)
+    beam_one = decoding.caption(
+        model, cnn_features, VOCAB, max_length=6, beam_size=1, block_trigrams=False
+    )
     np.testing.assert_array_equal(greedy["token_ids"], beam_one["token_ids"])
     for row in range(3):
         expected = eager_greedy(model, cnn_features[row : row + 1], 5)
@@ -111,7 +113,9 @@ def test_beam_of_one_equals_greedy_and_an_eager_step_by_step_loop():
 def test_beam_search_runs_batched_with_wider_beams():
     model = small_model(vocab_size=7)
     cnn_features = tf.random.stateless_normal([4, 1, 1280], seed=[1, 2])
-    result = decoding.caption(model, cnn_features, VOCAB, max_length=6, beam_size=4)
+    result = decoding.caption(
+        model, cnn_features, VOCAB, max_length=6, beam_size=4, block_trigrams=False
+    )
     assert result["caption"].shape == (4,)
     greedy = decoding.greedy(model, cnn_features, VOCAB, max_length=6)
     # Length-normalised beam scores are at least greedy's (greedy's caption is among beams').
@@ -125,6 +129,7 @@ def test_blocked_trigrams_are_never_said_twice_in_a_beam():
     def looping(token_ids, state):
         following = {4: 5, 5: 6, 6: 4}  # The most probable next token after each.
         table = np.full((vocab_size, vocab_size), -5.0, np.float32)
+        table[:, 7] = -0.2  # The way out of a blocked loop.
         for token in range(vocab_size):
             table[token, following.get(token, 4)] = -0.1
         table[:, text.END_ID] = -3.0
@@ -137,4 +142,4 @@ def test_blocked_trigrams_are_never_said_twice_in_a_beam():
     blocked = decoding.beam_decode(looping, state, 1, 9, 2, 1, block_trigrams=True)
     ids = list(blocked["token_ids"][0].numpy())
     said = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2) if 0 not in ids[i : i + 3]]
-    assert len(said) == len(set(said)) and said, ids
+    assert len(said) == len(set(said)) and len(said) >= 5, ids

@@ -45,9 +45,9 @@ def test_resume_is_refused_for_another_identity_and_allowed_for_the_same(tmp_pat
         job.check_resume(str(tmp_path), {"vocab_size": 9, "units": 32})
 
 
-def test_an_identity_key_added_later_reads_as_what_runs_before_it_had():
-    # A config.json from before --attention_heads: its checkpoint holds one head's weights.
-    old = {"identity": {"vocab_size": 7, "units": 32}}
-    identity = job.written_identity(old)
-    assert identity["attention_heads"] == 1 and identity["initial_state"] == "zeros"
-    assert job.written_identity({"identity": {"attention_heads": 2}})["attention_heads"] == 2
+def test_an_identity_without_a_key_this_version_writes_is_refused_naming_it(tmp_path):
+    job.write_config(str(tmp_path), {"identity": {"vocab_size": 7, "units": 32}})
+    with pytest.raises(ValueError, match="another version.*no attention_heads, encoder"):
+        job.identity_of(str(tmp_path), ["vocab_size", "units", "encoder", "attention_heads"])
+    kept = job.identity_of(str(tmp_path), ["vocab_size", "units"])
+    assert kept == {"vocab_size": 7, "units": 32}

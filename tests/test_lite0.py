@@ -8,6 +8,7 @@ import os
 import pickle
 import struct
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -112,7 +113,10 @@ def test_every_tensor_of_the_wheel_is_used_with_matching_shapes():
     used = lite0.assign_state_dict(cnn, state)  # set_weights raises on any shape mismatch.
     assert used == weights and len(weights) == 247
     keras_weights = [
-        w for layer in cnn.layers if layer.name != "normalization" for w in layer.weights
+        weight
+        for layer in cnn.layers
+        if not isinstance(layer, keras.layers.Normalization)  # Set by build, not the file.
+        for weight in layer.weights
     ]
     assert len(keras_weights) == len(weights)  # Every Keras weight came from one tensor.
     np.testing.assert_array_equal(

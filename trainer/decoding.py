@@ -218,7 +218,8 @@ def caption(
 
 
 def greedy(model, cnn_features: tf.Tensor, vocab: tf.Tensor, max_length: int) -> dict:
-    return caption(model, cnn_features, vocab, max_length, beam_size=1)
+    """The most probable word at each step, nothing blocked."""
+    return caption(model, cnn_features, vocab, max_length, beam_size=1, block_trigrams=False)
 
 
 def sample(model, cnn_features: tf.Tensor, seeds: tf.Tensor, num_samples: int, max_length: int):

