@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags, logging
 
-from trainer import cli, data, distribute, model, train
+from trainer import cli, data, distribute, model, scst, train
 from trainer.config import LR_SCHEDULES
 
 FLAGS = flags.FLAGS
@@ -165,7 +165,7 @@ def _define_scst_flags() -> None:
     flags.DEFINE_enum(
         "scst_baseline",
         defaults.scst_baseline,
-        ["greedy", "mean"],
+        list(scst.BASELINES),
         "The reward's baseline: the greedy caption's CIDEr-D, or the mean of the other samples.",
     )
     flags.DEFINE_float(
