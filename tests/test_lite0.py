@@ -194,3 +194,18 @@ def test_a_lite0_savedmodel_captions_in_a_fresh_process(lite0_job, tiny_data, tm
     assert served["attention"][-1] == model_lib.num_locations(32)
     words = served["caption"].split()
     assert all(word in restored[1] for word in words)
+
+
+@needs_wheel
+def test_imagenet_weights_are_converted_once_to_a_keras_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cnn = model_lib.build_cnn("imagenet", 32, "efficientnet_lite0")
+    (converted,) = list((tmp_path / "models").iterdir())
+    assert converted.name.endswith(".weights.h5")
+    state = lite0.read_state_dict(lite0.weights_path_in_wheel())
+    np.testing.assert_array_equal(
+        cnn.get_layer("stem_conv").kernel.numpy(), state["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    )
+    stamp = converted.stat().st_mtime_ns
+    model_lib.build_cnn("imagenet", 32, "efficientnet_lite0")
+    assert converted.stat().st_mtime_ns == stamp  # Read, not written again.
