@@ -47,6 +47,7 @@ class Loop:
         # The service's job names must be new for every pass of every run.
         self.run_name = f"captioner-{uuid.uuid4().hex[:12]}"
         self.service_counts: dict = {}
+        self._scst: tuple | None = None  # Made at the first self-critical epoch.
         jit_compile = step_jit_compile(config)
         print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
         self.train_step, self.eval_step, _ = steps.make_step_functions(
@@ -135,7 +136,7 @@ class Loop:
     def run_scst_epoch(self, epoch: int, skip: int, steps_per_epoch: int, total_steps: int):
         """Self-critical epoch `epoch` from step `skip` (see trainer/scst.py), then validate."""
         config = self.config
-        train_step, scorer = self._scst_step()
+        train_step, scorer, greedy_ids = self._scst_step()
         self.optimizer.learning_rate = config.scst_learning_rate
         progress = cli.progress_bar(steps_per_epoch, stateful_metrics=["reward", "advantage"])
         seed_epoch = config.epochs + epoch  # Other shuffles than cross-entropy's epochs.
@@ -156,7 +157,7 @@ class Loop:
         record["scst_reward"] = float(np.mean(rewards)) if rewards else None
         record.update(self.validate(current))
         if self.val_files:
-            record["val_cider_d"] = val_cider(self, scorer)
+            record["val_cider_d"] = val_cider(self, scorer, greedy_ids)
             with self.val_writer.as_default(step=current):
                 tf.summary.scalar("cider_d", record["val_cider_d"])
         return record
@@ -207,8 +208,8 @@ class Loop:
         self.service_counts = {"data_service_batches": passes[0], "expected_batches": count}
 
     def _scst_step(self):
-        """The self-critical step and its CIDEr-D scorer, made once per run."""
-        if not hasattr(self, "_scst"):
+        """The self-critical step, its CIDEr-D scorer and the val captioner, made once per run."""
+        if self._scst is None:
             config = self.config
             references = scst.training_references(self.train_files, self.tokenizer, self.source)
             scorer = cider.CiderD(references)
@@ -224,7 +225,16 @@ class Loop:
                 config.scst_samples,
                 config.scst_baseline == "greedy",
             )
-            self._scst = step, scorer
+            vocab = tf.constant(self.tokenizer.tokens)
+
+            @tf.function
+            def greedy_ids(batch):
+                features = batch.get("cnn_features")
+                if features is None:
+                    features = self.model.encode(batch["image"])
+                return decoding.greedy(self.model, features, vocab, config.max_length)["token_ids"]
+
+            self._scst = step, scorer, greedy_ids
         return self._scst
 
     def train_one(self, batch, current: int, learning_rate: float) -> tuple[float, float]:
@@ -279,19 +289,11 @@ def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> No
     manager.save(checkpoint_number=step)
 
 
-def val_cider(run: Loop, scorer) -> float:
-    """Mean CIDEr-D (training document frequencies) of greedy captions of the val images."""
+def val_cider(run: Loop, scorer, greedy_ids) -> float:
+    """Mean CIDEr-D (training document frequencies) of `greedy_ids`' captions of the val
+    images."""
     token_ids = {token: index for index, token in enumerate(run.tokenizer.tokens)}
-    vocab = tf.constant(run.tokenizer.tokens)
     dataset = data.make_dataset(run.val_files, run.tokenizer, 64, run.source, keep_references=True)
-
-    @tf.function
-    def greedy_ids(batch):
-        features = batch.get("cnn_features")
-        if features is None:
-            features = run.model.encode(batch["image"])
-        return decoding.caption(run.model, features, vocab, run.config.max_length, 1)["token_ids"]
-
     scores = []
     for batch in dataset:
         inputs = {key: batch[key] for key in ("cnn_features", "image") if key in batch}

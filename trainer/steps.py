@@ -163,7 +163,7 @@ def make_scst_step(
         samples = decoding.sample(model, cnn_features, seeds, num_samples, max_length)
         greedy = tf.zeros_like(samples[:, 0])
         if greedy_baseline:
-            greedy = decoding.caption(model, cnn_features, vocab, max_length, 1)["token_ids"]
+            greedy = decoding.greedy(model, cnn_features, vocab, max_length)["token_ids"]
         advantages, reward = tf.numpy_function(
             rewards, [samples, greedy, batch["references"]], [tf.float32, tf.float32]
         )
