@@ -76,7 +76,7 @@ def main() -> None:
                 train_encoder=True,
                 sample_captions=0,
             )
-            metrics = train.train(config)
+            metrics = train.train(config).metrics
             # The epoch's own wall time (images/s × images), without model building and tracing.
             history = metrics["history"][0]
             steps_images = metrics["step"] * config.batch_size

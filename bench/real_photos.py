@@ -53,7 +53,7 @@ def preprocess(images_dir: str, captions_file: str, data_dir: str) -> None:
 
 def ours(config: train.TrainConfig, data_dir: str) -> dict:
     """Train with `config`, then caption and score each of SPLITS: {split: result}."""
-    restored = train.train_model(config)
+    restored = train.train(config)
     return {
         split: evaluate.evaluate(config.job_dir, data_dir, split, restored=restored[:2] + (config,))
         for split in SPLITS

@@ -130,7 +130,7 @@ def graph_step(model, batch: dict, jit_compile: bool):
     """The trainer's own train_step (default strategy) as a zero-argument callable."""
     optimizer = make_optimizer()
     optimizer.build(model.trainable_variables)
-    train_step, _, _ = steps.make_step_functions(
+    train_step, _ = steps.make_step_functions(
         model,
         optimizer,
         tf.distribute.get_strategy(),

@@ -9,6 +9,8 @@ Its choices, each measured (BENCHMARKS.md):
 - The encoder is the shipped `trainer/weights/efficientnetb0_shapes64.weights.h5`, pretrained
   from random weights on other sample scenes' labels (`make encoder`, trainer/weights/README.md).
   It plays the part ImageNet weights play for Flickr30k, which cannot be downloaded offline.
+- Training is trainer.task's `--recipe=demo` (trainer/config.py): any flag of trainer.task
+  overrides it.
 - The encoder stays frozen, so its features are computed once per image and cached, and the
   decoder trains on every caption of every image (`caption_sampling=all`).
 - Beam 3, its final choice normalised by length (`length_alpha=0.5`), so that the relations the
@@ -34,37 +36,10 @@ from preprocess import run as preprocess_run
 from preprocess import sample_data
 from preprocess import scenes as sample_scenes
 from serving import export, predict
-from trainer import cli, decoding, evaluate, model, task, train
+from trainer import cli, decoding, evaluate, task, train
+from trainer.config import recipe_config
 
 FLAGS = flags.FLAGS
-DEMO_ENCODER = model.SAMPLE_ENCODER_WEIGHTS
-
-
-# The demo's training run (any flag of trainer.task overrides it; data and job dir are OUT_DIR's).
-DEMO_TRAINING = {
-    "strategy": "default",  # One device: the figures it reports are for that.
-    "image_size": model.SAMPLE_ENCODER_IMAGE_SIZE,  # The size the encoder was trained at.
-    # 8×8 locations at 64 px, each a stride-8 feature (local: the attention points at the named
-    # object) with its stride-16 cell's (which has seen the other objects: left from right)
-    # (BENCHMARKS.md, "Learning quality").
-    "feature_layer": "block3+block5",
-    # Half the trainer's GRU, for a 21-word grammar; the demo's figures are measured with it.
-    "units": 256,
-    "epochs": 7,  # Over DEMO_IMAGES scenes: more layouts rather than more passes.
-    # Half the pairs mirrored left-right, "left" <-> "right" in their captions: left from right
-    # is learnt from twice the layouts (BENCHMARKS.md, "Learning quality").
-    "mirror": True,
-    "batch_size": 64,
-    "encoder_weights": DEMO_ENCODER,
-    # A frozen encoder's features are cached: every caption of every image is cheap to use.
-    "caption_sampling": "all",
-    "lr_schedule": "cosine",
-    "sample_captions": 3,
-    # The sample world's thousands of scenes need no regulariser, and its figures are the
-    # last epoch's.
-    "dropout": 0.0,
-    "keep_best": False,
-}
 
 
 # Sample scenes: more layouts, not more epochs, is what lifted the spatial words
@@ -90,8 +65,8 @@ def demo(
     length_alpha: float = DEMO_LENGTH_ALPHA,
     block_trigrams: bool = DEMO_BLOCK_TRIGRAMS,
 ) -> dict:
-    """Every stage on `images` sample scenes; `training`: TrainConfig fields (default
-    DEMO_TRAINING)."""
+    """Every stage on `images` sample scenes; `training`: TrainConfig fields on top of the demo
+    recipe."""
     started = time.perf_counter()
     raw_dir = os.path.join(out_dir, "sample")
     images_dir = os.path.join(raw_dir, sample_data.IMAGES_SUBDIR)
@@ -102,8 +77,8 @@ def demo(
     preprocess_sample(raw_dir, images, data_dir)
 
     print("[2/5] training", flush=True)
-    config = train.TrainConfig(data_dir=data_dir, job_dir=job_dir, **(training or DEMO_TRAINING))
-    captioner, tokens, _ = train.train_model(config)
+    config = recipe_config("demo", **{**(training or {}), "data_dir": data_dir, "job_dir": job_dir})
+    captioner, tokens, _ = train.train(config)
     trained = (captioner, tokens, config)  # The live model, for evaluation and export.
 
     print(f"[3/5] evaluating on the held-out test scenes (beam {beam_size})", flush=True)
@@ -228,11 +203,10 @@ def served_figures(version_dir: str, images_dir: str, rows: list[dict], scenes: 
 
 @cli.command_flags
 def define_flags() -> None:
-    """trainer.task's flags with DEMO_TRAINING's defaults, and the demo's own."""
+    """trainer.task's flags with --recipe=demo, and the demo's own."""
     task.define_flags()
     flags.adopt_module_key_flags(task)
-    for name, value in DEMO_TRAINING.items():
-        FLAGS.set_default(name, value)
+    FLAGS.set_default("recipe", "demo")
     FLAGS.set_default("length_alpha", DEMO_LENGTH_ALPHA)
     FLAGS.set_default("block_trigrams", DEMO_BLOCK_TRIGRAMS)
     flags.DEFINE_string(

@@ -1,8 +1,7 @@
 r"""Train → evaluate → export in one process, passing the live model: `python -m serving.workflow`.
 
-    python -m serving.workflow --strategy=mirrored --cpu_devices=2 \
-        --encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64 \
-        --caption_sampling=all --epochs=8 --job_dir=jobs/captioner --export_dir=exports
+    python -m serving.workflow --recipe=demo --strategy=mirrored --cpu_devices=2 \
+        --job_dir=jobs/captioner --export_dir=exports
 
 Every flag of `python -m trainer.task` and of `python -m serving.export`. It sits in serving/
 because it runs all stages: data flows one way, preprocess ← trainer ← serving.

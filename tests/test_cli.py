@@ -68,7 +68,8 @@ def test_workflow_adopts_the_flags_of_training_and_export_each_defined_once():
     assert text.count("  --decode_batch_size") == 1 and text.count("  --data_dir") == 1
 
 
-def test_the_demo_takes_every_training_flag_with_its_own_defaults():
+def test_the_demo_takes_every_training_flag_with_its_own_recipe():
     text = help_text("serving.demo")
     assert "--feature_layer" in text and "--units" in text and "--out_dir" in text
-    assert shown_default(text, "image_size") == "64"
+    assert shown_default(text, "recipe") == "demo"
+    assert "demo: --strategy=default --image_size=64" in " ".join(text.split())

@@ -123,7 +123,7 @@ def test_training_through_the_service_reaches_a_finite_loss(sharded_data, two_wo
     config = tiny_config(
         sharded_data, tmp_path / "job", data_service=two_workers, cache_features=False
     )
-    _, _, metrics = train.train_model(config)
+    _, _, metrics = train.train(config)
     steps_per_epoch = TRAIN_IMAGES // config.batch_size
     assert metrics["step"] == config.epochs * steps_per_epoch
     for record in metrics["history"]:
@@ -152,22 +152,22 @@ def start_worker(dispatcher: str):
 def test_a_worker_killed_mid_epoch_does_not_stop_training(
     sharded_data, tmp_path, monkeypatch, capsys
 ):
-    from trainer import loop, train
+    from trainer import train
 
     # The first worker takes every shard of the epoch (its shuffle buffer holds them all); the
     # second joins at the first step, and the first is killed holding what it has not sent.
     with service(workers=1) as (address, [first_worker]):
         second_worker = None
-        train_one = loop.Loop.train_one
+        step = train._cross_entropy_step
 
-        def kill_a_worker_at_the_first_step(self, batch, current, learning_rate):
+        def kill_a_worker_at_the_first_step(run, batch, cross_entropy_steps):
             nonlocal second_worker
-            if current == 0:
+            if int(run.step.numpy()) == 0:
                 second_worker = start_worker(address)
                 os.kill(first_worker.pid, signal.SIGKILL)
-            return train_one(self, batch, current, learning_rate)
+            return step(run, batch, cross_entropy_steps)
 
-        monkeypatch.setattr(loop.Loop, "train_one", kill_a_worker_at_the_first_step)
+        monkeypatch.setattr(train, "_cross_entropy_step", kill_a_worker_at_the_first_step)
         config = tiny_config(
             sharded_data,
             tmp_path / "job",
@@ -176,7 +176,7 @@ def test_a_worker_killed_mid_epoch_does_not_stop_training(
             cache_features=False,
         )
         try:
-            _, _, metrics = train.train_model(config)
+            _, _, metrics = train.train(config)
         finally:
             if second_worker:
                 second_worker.kill()

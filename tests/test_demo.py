@@ -11,11 +11,14 @@ from preprocess import scenes
 from serving import demo
 from trainer import grounding
 from trainer import model as model_lib
+from trainer.config import RECIPES
 
 
 def test_shipped_encoder_weights_load_and_are_trained():
-    assert os.path.exists(demo.DEMO_ENCODER), "run `make encoder` to rebuild the shipped weights"
-    cnn = model_lib.build_cnn(demo.DEMO_ENCODER, 64)
+    assert os.path.exists(RECIPES["demo"]["encoder_weights"]), (
+        "run `make encoder` to rebuild the shipped weights"
+    )
+    cnn = model_lib.build_cnn(RECIPES["demo"]["encoder_weights"], 64)
     random = model_lib.build_cnn("none", 64)
     # Trained: the residual branches (zero-γ at a random start) are open.
     trained_gammas = [layer.gamma.numpy() for layer in model_lib.residual_block_outputs(cnn)]
@@ -36,7 +39,7 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
 
     pointing_game = grounding.pointing_game
     monkeypatch.setattr(grounding, "pointing_game", recording_pointing_game)
-    training = {**demo.DEMO_TRAINING, "image_size": 32, "epochs": 1, "batch_size": 8}
+    training = {"image_size": 32, "epochs": 1, "batch_size": 8}
     summary = demo.demo(str(tmp_path), images=60, training=training, beam_size=2, show=2)
     assert 0.0 <= summary["bleu4"] <= 1.0 and 0.0 <= summary["true_captions"] <= 1.0
     assert summary["test_images"] > 0 and summary["encoder_weights"].endswith(".weights.h5")
@@ -53,7 +56,7 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     # The reported pointing game is the one over every held-out caption's words and attention
     # (a model this small may name no object yet: then no words and NaN figures).
     pointing = summary["pointing_game"]
-    side = math.isqrt(model_lib.num_locations(32, training["feature_layer"]))
+    side = math.isqrt(model_lib.num_locations(32, RECIPES["demo"]["feature_layer"]))
     [(rows, scenes_by_image)] = pointed
     assert len(rows) == summary["test_images"]
     for row in rows:

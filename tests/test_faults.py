@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import TRAINED_JOB, tiny_config
 
-from trainer import loop, steps, train
+from trainer import steps, train
 
 
 def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
@@ -30,7 +30,7 @@ def test_a_run_that_diverges_stops_and_keeps_its_last_good_checkpoint(
     config = tiny_config(
         tiny_data, job_dir, **{**TRAINED_JOB, "epochs": 9}, checkpoint_every_steps=1
     )
-    with pytest.raises(loop.TrainingDiverged, match="loss became nan at step 24"):
+    with pytest.raises(train.TrainingDiverged, match="loss became nan at step 24"):
         train.train(config)
     assert tf.train.latest_checkpoint(str(job_dir / "checkpoints")) == good
     model, _, _ = train.restore(str(job_dir))
@@ -46,6 +46,6 @@ def test_an_update_that_makes_weights_nan_is_never_checkpointed(tiny_data, tmp_p
         clipnorm=0.0,
         checkpoint_every_steps=1,
     )
-    with pytest.raises(loop.TrainingDiverged, match="weights became NaN or infinite at step 1"):
+    with pytest.raises(train.TrainingDiverged, match="weights became NaN or infinite at step 1"):
         train.train(config)
     assert tf.train.latest_checkpoint(str(tmp_path / "job" / "checkpoints")) is None

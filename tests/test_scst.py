@@ -109,10 +109,10 @@ def test_mirrored_scst_step_equals_one_device_for_the_same_samples(baseline="gre
 def test_scst_epochs_train_after_cross_entropy_log_reward_and_resume(tiny_data, tmp_path):
     job_dir = tmp_path / "job"
     config = tiny_config(tiny_data, job_dir, epochs=1, scst_epochs=2, scst_samples=2, max_steps=4)
-    first = train.train(config)  # Cross-entropy's 3 steps and one self-critical step.
+    first = train.train(config).metrics  # Cross-entropy's 3 steps and one self-critical step.
     assert first["step"] == 4
     config = tiny_config(tiny_data, job_dir, epochs=1, scst_epochs=2, scst_samples=2)
-    resumed = train.train(config)
+    resumed = train.train(config).metrics
     assert resumed["step"] == 3 + 2 * 3
     scst_epochs = [record for record in resumed["history"] if "scst_epoch" in record]
     assert [record["scst_epoch"] for record in scst_epochs] == [1, 2]

@@ -1,6 +1,35 @@
 """`python -m trainer.task`, the command: flags → train → evaluate; fixable failures say the fix."""
 
+import pytest
+from absl import flags
 from conftest import start_module
+
+from trainer import task
+from trainer.config import RECIPES, TrainConfig
+
+
+@pytest.fixture
+def parse():
+    """Parse trainer.task's flags from an argv in this process; unparsed again after."""
+    task.define_flags()
+    yield lambda *argv: flags.FLAGS(["trainer.task", *argv])
+    flags.FLAGS.unparse_flags()
+
+
+def test_a_recipe_sets_the_defaults_and_a_flag_given_wins(parse):
+    parse("--recipe=demo", "--epochs=3")
+    config = task.config_from_flags(data_dir="d", job_dir="j")
+    demo = RECIPES["demo"]
+    assert config.epochs == 3 != demo["epochs"]  # Given on the command line: it wins.
+    assert config.image_size == demo["image_size"] != TrainConfig.image_size
+    assert config.feature_layer == demo["feature_layer"] and config.data_dir == "d"
+    assert config.units == TrainConfig.units  # Not in the recipe: the trainer's default.
+
+
+def test_without_a_recipe_the_defaults_are_the_real_photo_recipe(parse):
+    parse("--image_size=96")
+    config = task.config_from_flags(data_dir="d", job_dir="j")
+    assert config == TrainConfig(data_dir="d", job_dir="j", image_size=96)
 
 
 def test_offline_imagenet_default_names_the_flags_that_work_without_a_traceback(

