@@ -121,7 +121,7 @@ def test_training_through_the_service_reaches_a_finite_loss(sharded_data, two_wo
 
     # The image pipeline (decode, resize), not the feature cache, runs on the workers.
     config = tiny_config(
-        sharded_data, tmp_path / "job", data_service=two_workers, cache_features=False
+        sharded_data, tmp_path / "job", data_service=two_workers, cache_features=False, epochs=1
     )
     _, _, metrics = train.train(config)
     steps_per_epoch = TRAIN_IMAGES // config.batch_size

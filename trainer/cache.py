@@ -39,7 +39,9 @@ def _image_batches(path: str, image_size: int) -> tf.data.Dataset:
         captions = tf.strings.reduce_join(example[records.CAPTION_TEXT], separator="\n")
         return image, example[records.IMAGE_FILENAME], captions
 
-    dataset = tf.data.TFRecordDataset(path).map(parse, num_parallel_calls=data.AUTOTUNE)
+    dataset = tf.data.TFRecordDataset(path).map(
+        data.as_graph(parse), num_parallel_calls=data.AUTOTUNE
+    )
     return dataset.batch(ENCODE_BATCH).prefetch(data.AUTOTUNE)
 
 

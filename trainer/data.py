@@ -158,6 +158,11 @@ Source = Images | CachedFeatures
 CACHED_KEYS = (records.CNN_FEATURES, records.CNN_FEATURES_MIRRORED)
 
 
+# The functions tf.data maps branch on static facts only (shapes, Python flags), never on a
+# tensor's value, so they need no autograph, which would rewrite them at every make_dataset.
+as_graph = tf.autograph.experimental.do_not_convert
+
+
 def _records(
     files: list[str], shuffle: bool, seed: int, input_context: tf.distribute.InputContext | None
 ) -> tf.data.Dataset:
@@ -278,11 +283,11 @@ def make_dataset(
     dataset = tf.data.Dataset.zip(
         _records(files, shuffle, seed, input_context), tf.data.Dataset.random(seed=seed)
     )
-    to_inputs = functools.partial(_to_inputs, tokenizer, source)
+    to_inputs = as_graph(functools.partial(_to_inputs, tokenizer, source))
     if caption_sampling == "all":
-        every = functools.partial(_every_caption, spec, source, mirror)
-        dataset = dataset.map(lambda serialized, draw: (_parse(serialized, spec), draw), AUTOTUNE)
-        dataset = dataset.flat_map(every)
+        every = as_graph(functools.partial(_every_caption, spec, source, mirror))
+        parse = as_graph(lambda serialized, draw: (_parse(serialized, spec), draw))
+        dataset = dataset.map(parse, AUTOTUNE).flat_map(every)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).map(to_inputs, AUTOTUNE)
     else:
         # Everything but the file reads and the shuffle runs once per batch: parse, pick a
@@ -292,7 +297,7 @@ def make_dataset(
         )
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         dataset = dataset.map(
-            lambda serialized, draws: to_inputs(pick(serialized, draws)), AUTOTUNE
+            as_graph(lambda serialized, draws: to_inputs(pick(serialized, draws))), AUTOTUNE
         )
     options = tf.data.Options()
     # Files are sharded above when there are enough; otherwise each worker reads all files and
