@@ -18,6 +18,7 @@ from PIL import ExifTags
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+EXIF_ID = b"Exif\x00\x00"  # What opens a JPEG's APP1 EXIF segment.
 # The EXIF segment sits among the JPEG's first segments; only this many bytes are searched.
 EXIF_SEARCH_BYTES = 1 << 17
 _MAX_SEGMENTS = 32  # JPEG segments walked before the EXIF search gives up.
@@ -25,17 +26,18 @@ _MAX_IFD_ENTRIES = 256
 
 
 def _header(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The first EXIF_SEARCH_BYTES bytes as int32, zero-padded to that length."""
+    """The first EXIF_SEARCH_BYTES bytes (uint8) and one zero after them: a read past the end
+    of a shorter file reads 0. Kept as uint8: only the few bytes read are widened."""
     head = tf.io.decode_raw(tf.strings.substr(image_bytes, 0, EXIF_SEARCH_BYTES), tf.uint8)
-    head = tf.cast(head, tf.int32)
-    return tf.pad(head, [[0, EXIF_SEARCH_BYTES - tf.shape(head)[0]]])
+    return tf.concat([head, tf.zeros([1], tf.uint8)], axis=0)
 
 
 def _reader(head: tf.Tensor):
-    """byte(i) and uint(i, length, little_endian) over the padded header; indices clamp."""
+    """byte(i) and uint(i, length, little_endian) over the header as int32; indices clamp."""
+    end = tf.shape(head)[0] - 1  # The zero after the bytes.
 
     def byte(index):
-        return tf.gather(head, tf.clip_by_value(index, 0, EXIF_SEARCH_BYTES - 1))
+        return tf.cast(tf.gather(head, tf.clip_by_value(index, 0, end)), tf.int32)
 
     def uint(index, length, little_endian):
         values = [byte(index + offset) for offset in range(length)]
@@ -52,7 +54,7 @@ def _reader(head: tf.Tensor):
 def _exif_tiff_offset(head: tf.Tensor) -> tf.Tensor:
     """Offset of the TIFF header inside a JPEG's APP1 "Exif" segment, or -1."""
     byte, uint = _reader(head)
-    exif_id = tf.constant([ord(c) for c in "Exif"] + [0, 0], tf.int32)
+    exif_id = tf.constant(list(EXIF_ID), tf.int32)
 
     def keep_walking(position, found, steps):
         marker = byte(position + 1)
@@ -79,12 +81,34 @@ def _exif_tiff_offset(head: tf.Tensor) -> tf.Tensor:
     return found
 
 
+def _contains(head: tf.Tensor, pattern: bytes) -> tf.Tensor:
+    """Whether `pattern` occurs in the header (reading zeros past its end, as `_reader` does)."""
+    length = tf.shape(head)[0]
+    padded = tf.concat([head, tf.zeros([len(pattern)], tf.uint8)], axis=0)
+    found = tf.ones([length], tf.bool)
+    for offset, value in enumerate(pattern):
+        found &= tf.equal(padded[offset : offset + length], value)
+    return tf.reduce_any(found)
+
+
 def exif_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
     """A JPEG's EXIF orientation, 1-8 (int32 scalar); 1 when absent, unreadable or not a JPEG."""
     head = _header(image_bytes)
-    byte, uint = _reader(head)
+    byte, _ = _reader(head)
     is_jpeg = tf.equal(byte(0), 0xFF) & tf.equal(byte(1), 0xD8)
-    tiff = tf.where(is_jpeg, _exif_tiff_offset(head), -1)
+    # Most photos carry no EXIF (Flickr30k's none): without its identifier anywhere in the
+    # header, no segment can be it, and the walk is skipped.
+    return tf.cond(
+        is_jpeg & _contains(head, EXIF_ID),
+        lambda: _orientation(head),
+        lambda: tf.constant(1, tf.int32),
+    )
+
+
+def _orientation(head: tf.Tensor) -> tf.Tensor:
+    """The orientation tag of a JPEG header's EXIF segment, or 1."""
+    byte, uint = _reader(head)
+    tiff = _exif_tiff_offset(head)
     little = tf.equal(byte(tiff), ord("I")) & tf.equal(byte(tiff + 1), ord("I"))
     big = tf.equal(byte(tiff), ord("M")) & tf.equal(byte(tiff + 1), ord("M"))
     ifd = tiff + uint(tiff + 4, 4, little)
