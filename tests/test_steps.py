@@ -26,14 +26,18 @@ class SGD(steps._PreReduced, keras.optimizers.SGD):
     update is minus the gradient itself (Adam's first update would hide its scale)."""
 
 
-def one_step_update(strategy, weights, batch, jit_compile=False):
-    """(loss, weights after − before) of one train step on `batch` under `strategy`."""
+def one_step_update(strategy, weights, batch, jit_compile=False, fine_tune=False):
+    """(loss, weights after − before) of one train step on `batch` under `strategy`; with
+    `fine_tune`, the encoder trains too, by its own SGD at half the rate."""
     with strategy.scope():
         model = small_model()
         model.set_weights(weights)
-        optimizer = SGD(1.0)
+        optimizer, encoder_optimizer = SGD(1.0), None
+        if fine_tune:
+            model.unfreeze_encoder()
+            encoder_optimizer = SGD(0.5)
     train_step, _ = steps.make_step_functions(
-        model, optimizer, strategy, 8, jit_compile=jit_compile
+        model, optimizer, strategy, 8, jit_compile=jit_compile, encoder_optimizer=encoder_optimizer
     )
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
     loss, _ = train_step(next(iter(dataset)))
@@ -55,6 +59,33 @@ def test_mirrored_step_equals_default_on_the_same_global_batch(jit_compile):
     for mirrored_change, default_change in zip(mirrored_update, default_update):
         np.testing.assert_allclose(mirrored_change, default_change, rtol=1e-4, atol=1e-6)
     assert any(np.abs(change).max() > 0 for change in default_update)
+
+
+def test_a_fine_tuning_step_on_two_replicas_equals_one_device():
+    """The encoder trains in the step (BatchNorm frozen): its update, by its own optimizer,
+    is the same on two replicas as on one device."""
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs two logical CPU devices")
+    from trainer.model import calibrate_batchnorm, encoder_input
+
+    rng = np.random.default_rng(5)
+    images = tf.constant(rng.integers(0, 256, size=(8, 32, 32, 3)), tf.uint8)
+    reference = small_model()
+    calibrate_batchnorm(reference.cnn, [encoder_input(images)])  # Activations of a useful scale.
+    weights = reference.get_weights()
+    batch = {**a_batch(), "image": images}
+    del batch["cnn_features"]
+    default = one_step_update(tf.distribute.get_strategy(), weights, batch, fine_tune=True)
+    mirrored_strategy = distribute.select_strategy("mirrored", cpu_devices=2)
+    mirrored = one_step_update(mirrored_strategy, weights, batch, fine_tune=True)
+    np.testing.assert_allclose(mirrored[0], default[0], rtol=1e-5)
+    for mirrored_change, default_change in zip(mirrored[1], default[1]):
+        np.testing.assert_allclose(mirrored_change, default_change, rtol=1e-4, atol=1e-6)
+    paths = [weight.path for weight in reference.weights]
+    moved = {path for path, change in zip(paths, default[1]) if np.abs(change).max() > 0}
+    encoder = {weight.path for weight in reference.cnn.weights}
+    assert len(moved & encoder) > 10  # The encoder trained...
+    assert not {path for path in moved & encoder if "moving_" in path}  # ...BatchNorm did not.
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])

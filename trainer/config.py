@@ -47,6 +47,12 @@ class TrainConfig:
     encoder_weights: str = "imagenet"
     blind: bool = False  # Every image feature zeroed: the words-alone floor.
     train_encoder: bool = False
+    # After this many cross-entropy epochs the encoder trains too (its own Adam at
+    # encoder_learning_rate, on the same schedule; BatchNorm frozen unless fine_tune_batchnorm),
+    # reading pixels instead of cached features; 0: never.
+    fine_tune_after: int = 0
+    encoder_learning_rate: float = 1e-5
+    fine_tune_batchnorm: bool = False
     cache_features: bool = True
     caption_sampling: str = "all"
     mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").

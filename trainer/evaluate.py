@@ -8,6 +8,8 @@ BLEU of 0.129 scored its first test image over and over against one reference.)
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -84,7 +86,8 @@ def coco_metrics(references: list[list[str]], hypotheses: list[str]) -> dict:
         except Exception as error:  # A broken Java install must not lose the other scores.
             logging.warning("METEOR unavailable: %s", error)
     for name, scorer in scorers:
-        score, _ = scorer.compute_score(refs, hyps)
+        with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its counts.
+            score, _ = scorer.compute_score(refs, hyps)
         if isinstance(score, list):
             scores.update({f"{name}{n + 1}": float(value) for n, value in enumerate(score)})
         else:

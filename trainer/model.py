@@ -320,6 +320,20 @@ class Captioner(keras.Model):
 
     # Encoder ---------------------------------------------------------------------------------
 
+    def unfreeze_encoder(self, batchnorm: bool = False) -> None:
+        """The encoder trains from now on (--fine_tune_after); its BatchNorm layers too only if
+        `batchnorm`: frozen, they keep their statistics and run in inference mode."""
+        self.train_encoder = True
+        self.cnn.trainable = True
+        if not batchnorm:
+            for layer in self.cnn.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+
+    def freeze_encoder(self) -> None:
+        self.train_encoder = False
+        self.cnn.trainable = False
+
     def encode(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Images [B, H, W, 3] of raw pixel values (uint8) → CNN features [B, L, C]."""
         pixels = encoder_input(images, self.encoder)

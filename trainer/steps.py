@@ -31,10 +31,14 @@ class Adam(_PreReduced, keras.optimizers.Adam):
     pass
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    config: TrainConfig, learning_rate: float | None = None
+) -> keras.optimizers.Optimizer:
+    """Adam at `learning_rate` (default --learning_rate), clipping the global gradient norm."""
     if config.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"--lr_schedule={config.lr_schedule}: choose one of {LR_SCHEDULES}")
-    optimizer = Adam(config.learning_rate, global_clipnorm=config.clipnorm or None)
+    learning_rate = config.learning_rate if learning_rate is None else learning_rate
+    optimizer = Adam(learning_rate, global_clipnorm=config.clipnorm or None)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -62,8 +66,12 @@ def make_step_functions(
     attention_reg: float = 0.0,
     jit_compile: bool = False,
     label_smoothing: float = 0.0,
+    encoder_optimizer: keras.optimizers.Optimizer | None = None,
 ):
     """(train_step, eval_step), each taking one distributed batch.
+
+    While the encoder trains (--fine_tune_after), `encoder_optimizer` updates its variables and
+    `optimizer` the rest.
 
     Each replica differentiates its summed loss; the step sums gradients and token counts over
     replicas and divides by the GLOBAL count of non-<pad> tokens, so the update equals the
@@ -94,7 +102,12 @@ def make_step_functions(
 
     def replica_train_step(batch: dict):
         loss, accuracy, gradients = replica_gradients(batch)
-        optimizer.apply(gradients, model.trainable_variables)
+        variables = model.trainable_variables
+        encoder = {id(v) for v in model.cnn.trainable_variables} if encoder_optimizer else set()
+        for updater, own in ((optimizer, False), (encoder_optimizer, True)):
+            pairs = [(g, v) for g, v in zip(gradients, variables) if (id(v) in encoder) == own]
+            if pairs:
+                updater.apply([g for g, _ in pairs], [v for _, v in pairs])
         return loss, accuracy
 
     def first_replica(value):

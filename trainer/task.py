@@ -243,7 +243,26 @@ def _define_model_flags() -> None:
     flags.DEFINE_bool(
         "train_encoder",
         defaults.train_encoder,
-        "Fine-tune EfficientNet too (reads images every epoch; BatchNorm trains).",
+        "Train the encoder from the first step (reads images every epoch; BatchNorm trains).",
+    )
+    flags.DEFINE_integer(
+        "fine_tune_after",
+        defaults.fine_tune_after,
+        "Cross-entropy epochs on the frozen encoder (its features cached) before it trains "
+        "too, reading pixels, for the rest of --epochs; 0: it never trains.",
+        lower_bound=0,
+    )
+    flags.DEFINE_float(
+        "encoder_learning_rate",
+        defaults.encoder_learning_rate,
+        "Peak learning rate of the encoder's own Adam once it trains (--fine_tune_after); "
+        "it follows --lr_schedule as the decoder's does.",
+    )
+    flags.DEFINE_bool(
+        "fine_tune_batchnorm",
+        defaults.fine_tune_batchnorm,
+        "With --fine_tune_after, the encoder's BatchNorm layers train too (batch statistics); "
+        "off: they keep their statistics.",
     )
 
 

@@ -5,7 +5,8 @@
     3. model     the captioner, its optimizer, the checkpoint it resumes from
     4. job dir   config.json and the token table (trainer/job.py)
     5. inputs    the shards, or the frozen encoder's cached features (trainer/cache.py)
-    6. epochs    cross-entropy epochs, then self-critical ones (trainer/scst.py), one loop:
+    6. epochs    cross-entropy epochs (the last ones with the encoder training, from
+                 --fine_tune_after), then self-critical ones (trainer/scst.py), one loop:
                  steps (trainer/steps.py), summaries, checkpoints, validation, the best epoch
     7. metrics   train_metrics.json
 
@@ -84,8 +85,10 @@ def train(config: TrainConfig) -> Trained:
         model = build_model(config, len(tokens))
         optimizer = steps.make_optimizer(config)
         optimizer.build(model.trainable_variables)
+        encoder_optimizer = _encoder_optimizer(config, model)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    manager, restored = _checkpoint_manager(config, strategy, model, optimizer, step)
+    optimizers = {"optimizer": optimizer, "encoder_optimizer": encoder_optimizer}
+    manager, restored = _checkpoint_manager(config, strategy, model, optimizers, step)
 
     # 4. The job dir stands alone: every flag, the data it read, the token table.
     if chief:
@@ -93,10 +96,14 @@ def train(config: TrainConfig) -> Trained:
 
     # 5. Inputs.
     tokenizer = data.Tokenizer(tokens, config.max_length)
-    inputs = _inputs(config, model, tokenizer, manifest, restored, manager.directory, chief)
+    pixels = _pixel_inputs(config, model, tokenizer, manifest, restored)
+    # Workers other than the chief cache privately: two writers must not share files.
+    cache_root = "" if chief else os.path.join(manager.directory, "feature_cache")
+    inputs = _feature_inputs(config, model, pixels, cache_root)
 
     # 6. Epochs: cross-entropy, then self-critical; a resumed run goes on at its step.
     run = Run(config, strategy, model, optimizer, step, manager, tokenizer, *inputs)
+    run.encoder_optimizer, run.pixels, run.cache_root = encoder_optimizer, pixels, cache_root
     best = BestEpoch(config.job_dir, model, chief) if config.keep_best else None
     history = []
     while True:
@@ -143,10 +150,28 @@ def _strategy(config: TrainConfig) -> tuple[tf.distribute.Strategy, str]:
             "its devices: --strategy=mirrored); several trainer hosts would have to agree on "
             "how many batches each epoch gives them. Drop --data_service or train on one host."
         )
+    if config.fine_tune_after:
+        _check_fine_tuning(config, precision)
     if config.deterministic:
         keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
     return strategy, precision
+
+
+def _check_fine_tuning(config: TrainConfig, precision: str) -> None:
+    if config.fine_tune_after >= config.epochs:
+        raise ValueError(
+            f"--fine_tune_after={config.fine_tune_after}: the encoder would never train in "
+            f"--epochs={config.epochs}; pass fewer epochs before fine-tuning, or more epochs"
+        )
+    if config.train_encoder or config.blind:
+        flag = "--train_encoder" if config.train_encoder else "--blind"
+        raise ValueError(f"--fine_tune_after with {flag}: drop one of them")
+    if precision == "mixed_float16":
+        raise ValueError(
+            "--fine_tune_after under mixed_float16: the encoder's optimizer would need the "
+            "decoder's loss scale; pass --precision=mixed_bfloat16 or float32"
+        )
 
 
 # 2. Data.
@@ -208,14 +233,27 @@ def build_model(config: TrainConfig, vocab_size: int) -> Captioner:
     return model
 
 
-def _checkpoint_manager(config: TrainConfig, strategy, model, optimizer, step):
+def _encoder_optimizer(config: TrainConfig, model: Captioner):
+    """--fine_tune_after's own optimizer for the encoder, built over what will train; None
+    without fine-tuning."""
+    if not config.fine_tune_after:
+        return None
+    optimizer = steps.make_optimizer(config, config.encoder_learning_rate)
+    model.unfreeze_encoder(config.fine_tune_batchnorm)
+    optimizer.build(model.cnn.trainable_variables)
+    model.freeze_encoder()
+    return optimizer
+
+
+def _checkpoint_manager(config: TrainConfig, strategy, model, optimizers: dict, step):
     """(CheckpointManager, whether a checkpoint was restored), after restoring the latest.
 
     Every worker restores the chief's latest checkpoint, so all resume at the same step with
     the same weights; every worker must also save (collective ops), but only the chief's copy
     lasts: the others write to temporary dirs.
     """
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    optimizers = {name: value for name, value in optimizers.items() if value is not None}
+    checkpoint = tf.train.Checkpoint(model=model, step=step, **optimizers)
     checkpoint_dir = job.checkpoint_dir(config.job_dir)
     restored_from = tf.train.latest_checkpoint(checkpoint_dir)
     if not distribute.is_chief(strategy):
@@ -248,32 +286,33 @@ def _write_job(config: TrainConfig, strategy, precision: str, manifest, identity
 # 5. Inputs.
 
 
-def _inputs(config, model, tokenizer, manifest, restored: bool, ckpt_dir: str, chief: bool):
-    """(train files, val files, the data.Source they hold): the shards, or their cached
-    features, after calibrating a random encoder's BatchNorm statistics."""
+def _pixel_inputs(config, model, tokenizer, manifest, restored: bool):
+    """(train files, val files, data.Images): the shards, after calibrating a random encoder's
+    BatchNorm statistics on them."""
     train_files = data.shard_files(config.data_dir, "train")
     val_files = data.shard_files(config.data_dir, "val") if manifest.examples("val") else []
+    source = data.Images(config.image_size)
     if not restored and config.encoder_weights in ("none", ""):
         dataset = data.make_dataset(
-            train_files,
-            tokenizer,
-            64,
-            data.Images(config.image_size),
-            shuffle=True,
-            seed=config.seed,
+            train_files, tokenizer, 64, source, shuffle=True, seed=config.seed
         )
         images = (encoder_input(batch["image"], config.encoder) for batch in dataset.take(8))
         calibrated = calibrate_batchnorm(model.cnn, images)
         print(f"calibrated the random encoder's BatchNorm statistics on {calibrated} batches")
+    return train_files, val_files, source
+
+
+def _feature_inputs(config, model, pixels: tuple, cache_root: str):
+    """What a frozen encoder's epochs read: the cached features of `pixels`' shards (computed
+    once per encoder), or the pixels themselves where there is no cache."""
     if not config.cache_features or config.train_encoder:
-        return train_files, val_files, data.Images(config.image_size)
+        return pixels
     from trainer import cache
 
-    # Workers other than the chief cache privately: two writers must not share files.
-    root = "" if chief else os.path.join(ckpt_dir, "feature_cache")
-    train_files = cache.cached_split(model, config, "train", train_files, root, config.mirror)
+    train_files, val_files, _ = pixels
+    train_files = cache.cached_split(model, config, "train", train_files, cache_root, config.mirror)
     if val_files:
-        val_files = cache.cached_split(model, config, "val", val_files, root)
+        val_files = cache.cached_split(model, config, "val", val_files, cache_root)
     locations = num_locations(config.image_size, config.feature_layer)
     return train_files, val_files, data.CachedFeatures(locations)
 
@@ -296,6 +335,9 @@ class Run:
     train_files: list[str]
     val_files: list[str]
     source: data.Source
+    encoder_optimizer: keras.optimizers.Optimizer | None = None  # --fine_tune_after's.
+    pixels: tuple = ()  # (train files, val files, data.Images): what fine-tuning reads.
+    cache_root: str = ""
     val_metrics: dict = dataclasses.field(default_factory=dict)
     service_counts: dict = dataclasses.field(default_factory=dict)
     # The service's job names must be new for every pass of every run.
@@ -309,10 +351,13 @@ class Run:
         self._cross_entropy_steps = self._self_critical_step = None
 
     def cross_entropy_steps(self):
-        """(train step, eval step), made once per run."""
+        """(train step, eval step), made once per run and again when the encoder starts or
+        stops training."""
         if self._cross_entropy_steps is None:
             config = self.config
             jit_compile = step_jit_compile(config)
+            if self.model.train_encoder and config.jit_compile is None:
+                jit_compile = False  # The encoder in the step: see step_jit_compile.
             print(f"train step XLA-compiled: {'yes' if jit_compile else 'no'}", flush=True)
             self._cross_entropy_steps = steps.make_step_functions(
                 self.model,
@@ -322,8 +367,24 @@ class Run:
                 config.attention_reg,
                 jit_compile,
                 config.label_smoothing,
+                self.encoder_optimizer,
             )
         return self._cross_entropy_steps
+
+    def train_encoder(self, trains: bool) -> None:
+        """Fine-tuning starts (the encoder trains, reading pixels) or ends (it is frozen again
+        and its new features cached), or nothing changes."""
+        if trains == self.model.train_encoder:
+            return
+        if trains:
+            print("fine-tuning: the encoder trains from here, reading pixels", flush=True)
+            self.model.unfreeze_encoder(self.config.fine_tune_batchnorm)
+            inputs = self.pixels
+        else:
+            self.model.freeze_encoder()
+            inputs = _feature_inputs(self.config, self.model, self.pixels, self.cache_root)
+        self.train_files, self.val_files, self.source = inputs
+        self._cross_entropy_steps = None  # Traced again for the other variables and inputs.
 
     def self_critical_step(self):
         """(train step, CIDEr-D scorer, greedy captioner of the val images), made once."""
@@ -366,6 +427,9 @@ def _epoch(run: Run, phases: Phases, current: int) -> dict:
     checkpointed, validated; its record (printed as one JSON line)."""
     config = run.config
     self_critical = current >= phases.cross_entropy_steps
+    if config.fine_tune_after:  # The encoder trains from that epoch to cross-entropy's end.
+        start = config.fine_tune_after * phases.cross_entropy_epoch
+        run.train_encoder(not self_critical and current >= start)
     if self_critical:
         epoch, skip = divmod(current - phases.cross_entropy_steps, phases.self_critical_epoch)
         total, steps_per_epoch = config.scst_epochs, phases.self_critical_epoch
@@ -466,6 +530,9 @@ def _cross_entropy_step(run: Run, batch, cross_entropy_steps: int) -> dict:
     # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
     learning_rate = float(steps.learning_rate_schedule(config, cross_entropy_steps)(current))
     run.optimizer.learning_rate = learning_rate
+    if run.model.train_encoder and run.encoder_optimizer:  # The same schedule, scaled.
+        scale = config.encoder_learning_rate / config.learning_rate
+        run.encoder_optimizer.learning_rate = learning_rate * scale
     train_step, _ = run.cross_entropy_steps()
     loss, accuracy = train_step(batch)
     loss, accuracy = float(loss.numpy()), float(accuracy)
