@@ -51,7 +51,7 @@ class TrainConfig:
     # encoder_learning_rate, on the same schedule; BatchNorm frozen unless fine_tune_batchnorm),
     # reading pixels instead of cached features; 0: never.
     fine_tune_after: int = 0
-    encoder_learning_rate: float = 1e-5
+    encoder_learning_rate: float = 1e-4
     fine_tune_batchnorm: bool = False
     cache_features: bool = True
     caption_sampling: str = "all"
