@@ -13,10 +13,19 @@ from conftest import TINY_FLAGS, start_module, write_tiny_data
 
 from trainer import train
 
-COMMON = [*TINY_FLAGS, "--epochs=1", "--max_steps=2", "--deterministic", "--evaluate=false"]
-# Float noise only: XLA (on by default for cached features) sums a replica's half batch in
-# another order than the whole batch, and Adam's normalised updates carry that to a few 1e-5 in
-# a few weights. A missed, repeated or wrongly restored step moves weights by ~lr = 1e-2.
+# Without XLA: compiling the step in each of five processes costs more than the run (the
+# commands' default, XLA on, trains mirrored in test_end_to_end.py).
+COMMON = [
+    *TINY_FLAGS,
+    "--epochs=1",
+    "--max_steps=2",
+    "--deterministic",
+    "--evaluate=false",
+    "--nojit_compile",
+]
+# Float noise only: a replica's half batch is summed in another order than the whole batch,
+# and Adam's normalised updates carry that to a few 1e-5 in a few weights. A missed, repeated
+# or wrongly restored step moves weights by ~lr = 1e-2.
 WEIGHT_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -32,9 +33,12 @@ defaults = TrainConfig(data_dir="", job_dir="")
 
 @cli.command_flags
 def define_flags() -> None:
+    def shown(value):  # A file of the repository by its relative path.
+        return os.path.relpath(value) if isinstance(value, str) and os.path.isabs(value) else value
+
     recipes = "; ".join(
         f"{name}: "
-        + (" ".join(f"--{key}={value}" for key, value in recipe.items()) or "the defaults below")
+        + (" ".join(f"--{key}={shown(value)}" for key, value in recipe.items()) or "the defaults")
         for name, recipe in RECIPES.items()
     )
     flags.DEFINE_enum(
