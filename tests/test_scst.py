@@ -106,14 +106,17 @@ def test_mirrored_scst_step_equals_one_device_for_the_same_samples(baseline="gre
         np.testing.assert_allclose(two, one, atol=1e-4)
 
 
-def test_scst_epochs_train_after_cross_entropy_log_reward_and_resume(tiny_data, tmp_path):
+def test_scst_epochs_train_after_cross_entropy_log_reward_and_resume(tiny_data, tmp_path, capsys):
     job_dir = tmp_path / "job"
-    config = tiny_config(tiny_data, job_dir, epochs=1, scst_epochs=2, scst_samples=2, max_steps=4)
-    first = train.train(config).metrics  # Cross-entropy's 3 steps and one self-critical step.
-    assert first["step"] == 4
-    config = tiny_config(tiny_data, job_dir, epochs=1, scst_epochs=2, scst_samples=2)
-    resumed = train.train(config).metrics
-    assert resumed["step"] == 3 + 2 * 3
+    # A cross-entropy epoch on cached features, one fine-tuning the encoder on pixels, then
+    # self-critical epochs on the new encoder's features.
+    settings = dict(epochs=2, fine_tune_after=1, scst_epochs=2, scst_samples=2)
+    first = train.train(tiny_config(tiny_data, job_dir, max_steps=7, **settings)).metrics
+    assert first["step"] == 7  # Cross-entropy's 6 steps and one self-critical step.
+    output = capsys.readouterr().out
+    assert output.count("caching train encoder features") == 2  # The frozen, the tuned one.
+    resumed = train.train(tiny_config(tiny_data, job_dir, **settings)).metrics
+    assert resumed["step"] == 6 + 2 * 3
     scst_epochs = [record for record in resumed["history"] if "scst_epoch" in record]
     assert [record["scst_epoch"] for record in scst_epochs] == [1, 2]
     assert all(np.isfinite(record["val_cider_d"]) for record in scst_epochs)

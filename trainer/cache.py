@@ -82,7 +82,8 @@ def cached_split(
         return outputs
     tf.io.gfile.makedirs(cache_dir)
     print(f"caching {split} encoder features in {cache_dir}", flush=True)
-    encode = tf.function(lambda images: model.encode(images, training=False))
+    # One trace for every batch size (each shard ends in a short batch).
+    encode = tf.function(lambda images: model.encode(images, training=False), reduce_retracing=True)
     progress = cli.progress_bar(None, "image")
     seen = 0
     for source, output in zip(files, outputs):
