@@ -24,8 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._report import report  # noqa: E402
-from bench.real_photos import REAL, SPLITS, both_splits, ours, pooled_cider, preprocess  # noqa: E402
-from trainer import train  # noqa: E402
+from bench.real_photos import REAL, SPLITS, both_splits, ours, pooled_cider, recipe  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -38,14 +37,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batchnorm", action="store_true", help="A third run, BatchNorm too.")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    data_dir = os.path.join(args.work_dir, "records")
-    preprocess(args.images_dir, args.captions_file, data_dir)
-    frozen = train.TrainConfig(
-        data_dir=data_dir,
-        job_dir=os.path.join(args.work_dir, "frozen"),
-        encoder="efficientnet_lite0",
-        encoder_weights="imagenet",
-    )
+    frozen = recipe(args.images_dir, args.captions_file, args.work_dir, "frozen")
     tuned = dataclasses.replace(
         frozen,
         job_dir=os.path.join(args.work_dir, "fine_tuned"),
@@ -59,7 +51,7 @@ def main(argv=None) -> dict:
         )
     scored = {}
     for name, config in configs.items():
-        result = ours(config, data_dir)
+        result = ours(config, frozen.data_dir)
         scored[name] = {split: result[split]["metrics"] for split in SPLITS}
     ciders = {name: pooled_cider(metrics) for name, metrics in scored.items()}
     return report(

@@ -51,6 +51,19 @@ def preprocess(images_dir: str, captions_file: str, data_dir: str) -> None:
     subprocess.run(command, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
+def recipe(images_dir: str, captions_file: str, work_dir: str, job: str) -> train.TrainConfig:
+    """The real-photo recipe (trainer.task's defaults) on Lite0's ImageNet weights, reading the
+    Beam job's records under `work_dir` (made once), its job dir `work_dir/job`."""
+    data_dir = os.path.join(work_dir, "records")
+    preprocess(images_dir, captions_file, data_dir)
+    return train.TrainConfig(
+        data_dir=data_dir,
+        job_dir=os.path.join(work_dir, job),
+        encoder="efficientnet_lite0",
+        encoder_weights="imagenet",
+    )
+
+
 def ours(config: train.TrainConfig, data_dir: str) -> dict:
     """Train with `config`, then caption and score each of SPLITS: {split: result}."""
     restored = train.train(config)
@@ -114,14 +127,8 @@ def both_splits(metrics: dict) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    data_dir = os.path.join(args.work_dir, "records")
-    preprocess(args.images_dir, args.captions_file, data_dir)
-    base = train.TrainConfig(
-        data_dir=data_dir,
-        job_dir=os.path.join(args.work_dir, "ours"),
-        encoder="efficientnet_lite0",
-        encoder_weights="imagenet",
-    )
+    base = recipe(args.images_dir, args.captions_file, args.work_dir, "ours")
+    data_dir = base.data_dir
     if args.epochs:
         base = dataclasses.replace(base, epochs=args.epochs)
     runs = {"ours": ours(base, data_dir)}
