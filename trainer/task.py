@@ -33,6 +33,30 @@ defaults = TrainConfig(data_dir="", job_dir="")
 
 @cli.command_flags
 def define_flags() -> None:
+    _define_recipe_flag()
+    cli.define_data_dir()
+    cli.define_job_dir()
+    cli.define_distribution()
+    flags.DEFINE_enum(
+        "precision",
+        "auto",
+        list(distribute.PRECISIONS),
+        "Dtype policy; auto: mixed_float16 on GPU, float32 on CPU.",
+    )
+    _define_optimisation_flags()
+    _define_model_flags()
+    _define_input_flags()
+    _define_regularisation_flags()
+    _define_scst_flags()
+    _define_run_flags()
+    cli.define_decoding()
+    cli.define_decode_batch_size()
+    flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
+
+
+def _define_recipe_flag() -> None:
+    """--recipe: trainer/config.py's RECIPES, each listed in the help."""
+
     def shown(value):  # A file of the repository by its relative path.
         return os.path.relpath(value) if isinstance(value, str) and os.path.isabs(value) else value
 
@@ -47,15 +71,9 @@ def define_flags() -> None:
         list(RECIPES),
         f"Defaults for the flags below (trainer/config.py); a flag given wins. {recipes}.",
     )
-    cli.define_data_dir()
-    cli.define_job_dir()
-    cli.define_distribution()
-    flags.DEFINE_enum(
-        "precision",
-        "auto",
-        list(distribute.PRECISIONS),
-        "Dtype policy; auto: mixed_float16 on GPU, float32 on CPU.",
-    )
+
+
+def _define_optimisation_flags() -> None:
     flags.DEFINE_integer(
         "epochs",
         defaults.epochs,
@@ -73,7 +91,10 @@ def define_flags() -> None:
         "constant, or cosine: decay to 1% of --learning_rate over all epochs' steps.",
     )
     flags.DEFINE_float("clipnorm", defaults.clipnorm, "Clip the global gradient norm; 0: off.")
-    _define_model_flags()
+
+
+def _define_input_flags() -> None:
+    """What each step reads: cached features or pixels, which captions, from where."""
     flags.DEFINE_bool(
         "cache_features",
         defaults.cache_features,
@@ -92,6 +113,9 @@ def define_flags() -> None:
         "Mirror half the training pairs left-right, swapping 'left' and 'right' in the caption "
         "(with the feature cache: each train image is encoded twice, once).",
     )
+
+
+def _define_regularisation_flags() -> None:
     flags.DEFINE_float(
         "attention_reg",
         defaults.attention_reg,
@@ -117,12 +141,15 @@ def define_flags() -> None:
         defaults.keep_best,
         "Evaluate and export the epoch of the lowest validation loss (JOB_DIR/best), not the last.",
     )
-    _define_scst_flags()
+
+
+def _define_run_flags() -> None:
+    """Compilation, seeds, checkpoints, limits and what is logged."""
     flags.DEFINE_bool(
         "jit_compile",
         defaults.jit_compile,
         "XLA-compile the train step. Default: on when it reads cached features, off when it runs "
-        "the encoder (--train_encoder or --nocache_features); BENCHMARKS.md says why.",
+        "the encoder (--train_encoder, --nocache_features, fine-tuning); BENCHMARKS.md says why.",
     )
     flags.DEFINE_integer("seed", defaults.seed, "Shuffling and initialisation seed.")
     flags.DEFINE_bool(
@@ -143,9 +170,6 @@ def define_flags() -> None:
         lower_bound=0,
     )
     flags.DEFINE_bool("evaluate", True, "Caption the test split and score it after training.")
-    cli.define_decoding()
-    cli.define_decode_batch_size()
-    flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
 
 
 def _define_data_service_flags() -> None:
