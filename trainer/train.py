@@ -101,7 +101,8 @@ def train(config: TrainConfig) -> Trained:
     cache_root = "" if chief else os.path.join(manager.directory, "feature_cache")
     inputs = _feature_inputs(config, model, pixels, cache_root)
 
-    # 6. Epochs: cross-entropy, then self-critical; a resumed run goes on at its step.
+    # 6. Epochs: cross-entropy (the last ones fine-tuning the encoder, with --fine_tune_after),
+    #    then self-critical; a resumed run goes on at its step.
     run = Run(config, strategy, model, optimizer, step, manager, tokenizer, *inputs)
     run.encoder_optimizer, run.pixels, run.cache_root = encoder_optimizer, pixels, cache_root
     best = BestEpoch(config.job_dir, model, chief) if config.keep_best else None
