@@ -160,12 +160,12 @@ def test_a_worker_killed_mid_epoch_does_not_stop_training(
         second_worker = None
         step = train._cross_entropy_step
 
-        def kill_a_worker_at_the_first_step(run, batch, cross_entropy_steps):
+        def kill_a_worker_at_the_first_step(run, batch, schedule):
             nonlocal second_worker
             if int(run.step.numpy()) == 0:
                 second_worker = start_worker(address)
                 os.kill(first_worker.pid, signal.SIGKILL)
-            return step(run, batch, cross_entropy_steps)
+            return step(run, batch, schedule)
 
         monkeypatch.setattr(train, "_cross_entropy_step", kill_a_worker_at_the_first_step)
         config = tiny_config(

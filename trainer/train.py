@@ -444,12 +444,18 @@ def _epoch(run: Run, phases: Phases, current: int) -> dict:
     progress = cli.progress_bar(
         steps_per_epoch, stateful_metrics=["loss", "accuracy", "reward", "advantage"]
     )
+    # Over all cross-entropy epochs, not --max_steps: a run stopped early and resumed keeps the
+    # same curve.
+    schedule = steps.learning_rate_schedule(config, phases.cross_entropy_steps)
+    every = config.checkpoint_every_steps
     figures, started = [], time.perf_counter()
     for position, batch in enumerate(batches, start=skip):
         if self_critical:
             figures.append(_self_critical_step(run, batch))
         else:
-            figures.append(_cross_entropy_step(run, batch, phases.cross_entropy_steps))
+            figures.append(_cross_entropy_step(run, batch, schedule))
+        if every and int(run.step.numpy()) % every == 0:
+            save_checkpoint(run.manager, run.model, int(run.step.numpy()))
         progress.update(position + 1, list(figures[-1].items()))
     seconds = time.perf_counter() - started
     current = int(run.step.numpy())
@@ -525,11 +531,10 @@ def _distributed(run, epoch, files, shuffle: bool, drop: bool, per_image=False, 
     return run.strategy.experimental_distribute_dataset(dataset)
 
 
-def _cross_entropy_step(run: Run, batch, cross_entropy_steps: int) -> dict:
-    """One teacher-forced step at the schedule's rate: {loss, accuracy}; logged, checkpointed."""
+def _cross_entropy_step(run: Run, batch, schedule) -> dict:
+    """One teacher-forced step at `schedule`'s rate: {loss, accuracy}; logged."""
     config, current = run.config, int(run.step.numpy())
-    # Over all epochs, not --max_steps: a run stopped early and resumed keeps the same curve.
-    learning_rate = float(steps.learning_rate_schedule(config, cross_entropy_steps)(current))
+    learning_rate = float(schedule(current))
     run.optimizer.learning_rate = learning_rate
     if run.model.train_encoder and run.encoder_optimizer:  # The same schedule, scaled.
         scale = config.encoder_learning_rate / config.learning_rate
@@ -547,14 +552,11 @@ def _cross_entropy_step(run: Run, batch, cross_entropy_steps: int) -> dict:
         tf.summary.scalar("loss", loss)
         tf.summary.scalar("token_accuracy", accuracy)
         tf.summary.scalar("learning_rate", learning_rate)
-    every = config.checkpoint_every_steps
-    if every and current % every == 0:
-        save_checkpoint(run.manager, run.model, current)
     return {"loss": loss, "accuracy": accuracy}
 
 
 def _self_critical_step(run: Run, batch) -> dict:
-    """One self-critical step (trainer/scst.py): {reward, advantage}; logged, checkpointed."""
+    """One self-critical step (trainer/scst.py): {reward, advantage}; logged."""
     train_step, _, _ = run.self_critical_step()
     run.optimizer.learning_rate = run.config.scst_learning_rate
     reward, advantage = train_step(batch, run.step)
@@ -563,9 +565,6 @@ def _self_critical_step(run: Run, batch) -> dict:
     with run.writers["train"].as_default(step=current):
         for key, value in figures.items():
             tf.summary.scalar(f"scst_{key}", value)
-    every = run.config.checkpoint_every_steps
-    if every and current % every == 0:
-        save_checkpoint(run.manager, run.model, current)
     return figures
 
 
