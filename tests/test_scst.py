@@ -106,17 +106,45 @@ def test_mirrored_scst_step_equals_one_device_for_the_same_samples(baseline="gre
         np.testing.assert_allclose(two, one, atol=1e-4)
 
 
-def test_scst_epochs_train_after_cross_entropy_log_reward_and_resume(tiny_data, tmp_path, capsys):
+def test_fine_tuning_then_scst_epochs_train_log_reward_and_resume(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    """A cross-entropy epoch on cached features, one fine-tuning the encoder on pixels (its
+    BatchNorm frozen), then self-critical epochs on the new encoder's features; stopped after the
+    first self-critical step and resumed."""
+
+    def encoder_weights(model):
+        return {weight.path: weight.numpy().copy() for weight in model.cnn.weights}
+
+    at_fine_tuning = {}  # The encoder as cross-entropy's frozen epoch left it.
+    switch = train.Run.train_encoder
+
+    def recording_switch(run, trains):
+        if trains and not run.model.train_encoder:
+            at_fine_tuning.update(encoder_weights(run.model))
+        switch(run, trains)
+
+    monkeypatch.setattr(train.Run, "train_encoder", recording_switch)
     job_dir = tmp_path / "job"
-    # A cross-entropy epoch on cached features, one fine-tuning the encoder on pixels, then
-    # self-critical epochs on the new encoder's features.
     settings = dict(epochs=2, fine_tune_after=1, scst_epochs=2, scst_samples=2)
-    first = train.train(tiny_config(tiny_data, job_dir, max_steps=7, **settings)).metrics
-    assert first["step"] == 7  # Cross-entropy's 6 steps and one self-critical step.
+    first = train.train(tiny_config(tiny_data, job_dir, max_steps=7, **settings))
+    assert first.metrics["step"] == 7  # Cross-entropy's 6 steps and one self-critical step.
     output = capsys.readouterr().out
+    assert output.count("fine-tuning: the encoder trains") == 1
     assert output.count("caching train encoder features") == 2  # The frozen, the tuned one.
+    tuned = encoder_weights(first.model)
+    statistics = [path for path in tuned if "moving_" in path]
+    assert at_fine_tuning and statistics
+    # The first and last convolutions trained (a random encoder's residual branches, zero-γ
+    # and frozen, stay closed).
+    for path in ("stem_conv/kernel", "top_conv/kernel"):
+        assert not np.array_equal(at_fine_tuning[path], tuned[path]), path
+    for path in statistics:  # Frozen BatchNorm keeps its statistics.
+        np.testing.assert_array_equal(at_fine_tuning[path], tuned[path])
+
     resumed = train.train(tiny_config(tiny_data, job_dir, **settings)).metrics
     assert resumed["step"] == 6 + 2 * 3
+    assert "fine-tuning" not in capsys.readouterr().out  # Resumed in the self-critical phase.
     scst_epochs = [record for record in resumed["history"] if "scst_epoch" in record]
     assert [record["scst_epoch"] for record in scst_epochs] == [1, 2]
     assert all(np.isfinite(record["val_cider_d"]) for record in scst_epochs)
@@ -128,3 +156,7 @@ def test_scst_epochs_train_after_cross_entropy_log_reward_and_resume(tiny_data, 
     assert {"scst_reward", "cider_d"} <= tags
     written = json.loads((job_dir / "config.json").read_text())
     assert written["flags"]["scst_epochs"] == 2
+    # What evaluation and export read: the tuned encoder (self-critical epochs keep it frozen).
+    restored, _, _ = train.restore(str(job_dir))
+    for path, value in encoder_weights(restored).items():
+        np.testing.assert_array_equal(value, tuned[path])

@@ -125,34 +125,6 @@ def test_validation_loss_is_per_token_over_the_whole_split():
     }
 
 
-def test_fine_tuning_trains_the_encoder_from_its_epoch_with_batchnorm_frozen(
-    tiny_data, tmp_path, capsys
-):
-    def encoder_weights(model):
-        return {weight.path: weight.numpy().copy() for weight in model.cnn.weights}
-
-    settings = dict(epochs=2, fine_tune_after=1, encoder_learning_rate=1e-2)
-    job_dir = tmp_path / "job"
-    first = train.train(tiny_config(tiny_data, job_dir, max_steps=3, **settings))  # Epoch 1.
-    assert "fine-tuning" not in capsys.readouterr().out
-    before = encoder_weights(first.model)
-    resumed = train.train(tiny_config(tiny_data, job_dir, **settings))
-    assert capsys.readouterr().out.count("fine-tuning: the encoder trains") == 1
-    assert resumed.metrics["step"] == 6
-    after = encoder_weights(resumed.model)
-    statistics = [path for path in after if "moving_" in path]
-    assert statistics
-    # The first and last convolutions trained (a random encoder's residual branches, zero-γ
-    # and frozen, stay closed).
-    for path in ("stem_conv/kernel", "top_conv/kernel"):
-        assert not np.array_equal(before[path], after[path]), path
-    for path in statistics:  # Frozen BatchNorm keeps its statistics.
-        np.testing.assert_array_equal(before[path], after[path])
-    restored, _, _ = train.restore(str(job_dir))  # What evaluation and export read.
-    for path, value in encoder_weights(restored).items():
-        np.testing.assert_array_equal(value, after[path])
-
-
 @pytest.mark.parametrize(
     "overrides, message",
     [
