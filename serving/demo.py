@@ -64,6 +64,7 @@ def demo(
     show: int = 4,
     length_alpha: float = DEMO_LENGTH_ALPHA,
     block_trigrams: bool = DEMO_BLOCK_TRIGRAMS,
+    meteor: bool = True,
 ) -> dict:
     """Every stage on `images` sample scenes; `training`: TrainConfig fields on top of the demo
     recipe."""
@@ -89,6 +90,7 @@ def demo(
         length_alpha=length_alpha,
         restored=trained,
         block_trigrams=block_trigrams,
+        meteor=meteor,
     )
 
     print("[4/5] exporting the SavedModel", flush=True)
@@ -234,6 +236,7 @@ def main(argv):
         FLAGS.show,
         FLAGS.length_alpha,
         FLAGS.block_trigrams,
+        FLAGS.meteor,
     )
 
 

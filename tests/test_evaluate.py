@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -56,9 +57,12 @@ def test_scoring_one_image_repeatedly_is_not_the_corpus_score():
 
 
 def test_evaluate_writes_metrics_and_every_caption(trained_job, tmp_path):
-    result = evaluate.evaluate(trained_job, split="test", beam_size=2, output_dir=str(tmp_path))
+    result = evaluate.evaluate(
+        trained_job, split="test", beam_size=2, output_dir=str(tmp_path), meteor=False
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["images"] == 6 and metrics["beam_size"] == 2
+    assert "coco_cider" in metrics and "coco_meteor" not in metrics  # --nometeor.
     assert 0.0 <= metrics["bleu4"] <= metrics["bleu1"] <= 1.0
     lines = (tmp_path / "captions.jsonl").read_text().splitlines()
     assert len(lines) == 6 == len(result["rows"])
@@ -79,6 +83,8 @@ def test_coco_metrics_score_with_the_eval_extra():
     )
     assert {"coco_bleu4", "coco_rouge_l", "coco_cider"} <= set(scores)
     assert 0.0 < scores["coco_bleu4"] <= 1.0 and scores["coco_cider"] > 1.0
+    if shutil.which("java"):  # METEOR: pycocoevalcap's jar.
+        assert 0.0 < scores["coco_meteor"] <= 1.0
 
 
 def test_contrast_counts_compare_the_two_words_logits_where_the_target_is_one_of_them():

@@ -116,7 +116,7 @@ def photo_export(job_without_data, tmp_path_factory) -> str:
 def evaluation(job_without_data) -> dict:
     """The test split captioned and scored from the moved records, as the SavedModel decodes."""
     job_dir, records_dir, *_ = job_without_data
-    return evaluate.evaluate(job_dir, data_dir=records_dir, split="test", beam_size=2)
+    return evaluate.evaluate(job_dir, records_dir, "test", beam_size=2, meteor=False)
 
 
 def test_the_job_dir_holds_its_token_table_in_id_order(job_without_data):

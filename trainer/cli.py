@@ -85,6 +85,17 @@ def define_decoding():
     return beam, alpha, trigrams
 
 
+def define_meteor():
+    """--meteor: whether evaluation scores METEOR too."""
+    return _define(
+        "meteor",
+        flags.DEFINE_bool,
+        True,
+        "Score METEOR too where Java runs (pycocoevalcap's jar, which spends seconds loading its "
+        "paraphrase tables on every evaluation); --nometeor leaves it out.",
+    )
+
+
 def define_model_dir():
     """--model_dir: the SavedModel the serving commands read."""
     return _define(

@@ -65,7 +65,7 @@ def bleu(references: list[list[str]], hypotheses: list[str]) -> dict:
     }
 
 
-def coco_metrics(references: list[list[str]], hypotheses: list[str]) -> dict:
+def coco_metrics(references: list[list[str]], hypotheses: list[str], meteor: bool = True) -> dict:
     """pycocoevalcap's BLEU, ROUGE-L and CIDEr-D (its `Cider` is the CIDEr-D of the COCO server)
     where installed (extra `eval`), METEOR where Java runs too."""
     try:
@@ -78,7 +78,7 @@ def coco_metrics(references: list[list[str]], hypotheses: list[str]) -> dict:
     hyps = {index: [hyp] for index, hyp in enumerate(hypotheses)}
     scores = {}
     scorers = [("coco_bleu", Bleu(4)), ("coco_rouge_l", Rouge()), ("coco_cider", Cider())]
-    if shutil.which("java"):
+    if meteor and shutil.which("java"):
         try:
             from pycocoevalcap.meteor.meteor import Meteor
 
@@ -123,11 +123,11 @@ def caption_diversity(references: list[list[str]], hypotheses: list[str]) -> dic
     }
 
 
-def scores(references: list[list[str]], hypotheses: list[str]) -> dict:
+def scores(references: list[list[str]], hypotheses: list[str], meteor: bool = True) -> dict:
     """Every caption score of this module: BLEU-1..4, the COCO metrics, diversity, subjects."""
     return {
         **bleu(references, hypotheses),
-        **coco_metrics(references, hypotheses),
+        **coco_metrics(references, hypotheses, meteor),
         **caption_diversity(references, hypotheses),
     }
 
@@ -318,8 +318,10 @@ def evaluate(
     length_alpha: float = decoding.LENGTH_ALPHA,
     restored: tuple | None = None,
     block_trigrams: bool = decoding.BLOCK_TRIGRAMS,
+    meteor: bool = True,
 ) -> dict:
-    """Caption `split`, score it, write metrics.json and captions.jsonl; return both.
+    """Caption `split`, score it (`meteor`: METEOR too, where Java runs), write metrics.json
+    and captions.jsonl; return both.
 
     `restored`: (model, tokens, config) already in memory (e.g. just trained), else the job
     dir's latest checkpoint.
@@ -348,7 +350,7 @@ def evaluate(
         "length_alpha": length_alpha,
         "block_trigrams": block_trigrams,
     }
-    metrics.update(scores(references, hypotheses))
+    metrics.update(scores(references, hypotheses, meteor))
     contrasts = contrast_accuracy(model, tokens, config, data_dir, split, batch_size)
     if contrasts:
         metrics["contrast_accuracy"] = contrasts
@@ -380,6 +382,7 @@ def define_flags() -> None:
     cli.define_decoding()
     cli.define_data_dir()
     cli.define_decode_batch_size()
+    cli.define_meteor()
     flags.adopt_module_key_flags(cli)
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to caption and score.")
     flags.DEFINE_string(
@@ -399,6 +402,7 @@ def main(argv):
         FLAGS.output_dir,
         FLAGS.length_alpha,
         block_trigrams=FLAGS.block_trigrams,
+        meteor=FLAGS.meteor,
     )
     for row in result["rows"][:5]:
         print(f"{row['image']}: {row['caption']!r}  (reference: {row['references'][0]!r})")

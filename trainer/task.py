@@ -50,6 +50,7 @@ def define_flags() -> None:
     _define_scst_flags()
     _define_run_flags()
     cli.define_decoding()
+    cli.define_meteor()
     cli.define_decode_batch_size()
     flags.adopt_module_key_flags(cli)  # --helpshort lists the shared flags too.
 
@@ -335,6 +336,7 @@ def train_and_evaluate() -> tuple | None:
             length_alpha=FLAGS.length_alpha,
             restored=(trained_model, tokens, config),
             block_trigrams=FLAGS.block_trigrams,
+            meteor=FLAGS.meteor,
         )
         print(json.dumps({"test": scores["metrics"]}), flush=True)
     return trained_model, tokens, config
