@@ -98,9 +98,9 @@ def test_an_image_missing_from_the_scenes_file_is_an_error(tiny_data):
 
 
 def test_pretrain_writes_encoder_weights_the_trainer_loads(tiny_data, tmp_path):
-    scenes = tiny_scenes(tiny_data, size=64)
+    scenes = tiny_scenes(tiny_data)
     for scene in scenes.values():
-        scene["objects"][0]["radius"] = 20  # Conftest draws a third of the side around the centre.
+        scene["objects"][0]["radius"] = 11  # Conftest draws a third of the side around the centre.
     scenes_path = tmp_path / "scenes.json"
     scenes_path.write_text(json.dumps(scenes))
     output = str(tmp_path / "encoder.weights.h5")
@@ -109,7 +109,7 @@ def test_pretrain_writes_encoder_weights_the_trainer_loads(tiny_data, tmp_path):
         str(scenes_path),
         output,
         str(tmp_path / "job"),
-        image_size=64,
+        image_size=32,
         epochs=2,
         batch_size=8,
         verbose=0,
@@ -123,8 +123,8 @@ def test_pretrain_writes_encoder_weights_the_trainer_loads(tiny_data, tmp_path):
         assert json.load(figures_file)["val"] == figures["val"]
     assert os.listdir(tmp_path / "job" / "logs")  # TensorBoard.
 
-    loaded = model.build_cnn(output, 64)  # The whole encoder, not only up to block 5.
-    fresh = model.build_cnn("none", 64)
+    loaded = model.build_cnn(output, 32)  # The whole encoder, not only up to block 5.
+    fresh = model.build_cnn("none", 32)
     changed = [
         not np.array_equal(a, b)
         for a, b in zip(loaded.get_weights(), fresh.get_weights())

@@ -16,8 +16,8 @@ from PIL import Image
 from bench import serving_load as bench
 
 THREADS = 8
-WARMUP_REQUESTS = 200
-LOAD_REQUESTS = 2400
+WARMUP_REQUESTS = 100
+LOAD_REQUESTS = 800
 
 
 def good_images() -> dict[str, bytes]:
