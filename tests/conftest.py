@@ -7,6 +7,12 @@ import io
 import json
 import os
 
+# `make test` starts one pytest-xdist worker per core: each worker, and each command a test
+# starts, is one core's worth of TensorFlow. Left to size its thread pools to every core, each
+# process contends with the others for them.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
 import hypothesis
 import numpy as np
 import pytest
@@ -105,14 +111,19 @@ def tiny_data(request, tmp_path_factory) -> str:
 # (--no-loadscope-reorder, pyproject.toml): the longest first, so that no worker starts one of
 # them as the others run out of work. Every other module keeps its place.
 LONGEST_FIRST = (
+    "test_scst.py",
     "test_end_to_end.py",
+    "test_data_service.py",
+    "test_export.py",
     "test_multi_worker.py",
+    "test_train.py",
+    "test_steps.py",
+    "test_pretrain.py",
     "test_demo.py",
     "test_served_equals_evaluated.py",
-    "test_train.py",
-    "test_export.py",
-    "test_pretrain.py",
-    "test_steps.py",
+    "test_quiet.py",
+    "test_pipeline.py",
+    "test_lite0.py",
 )
 
 

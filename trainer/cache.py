@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +44,21 @@ def _image_batches(path: str, image_size: int) -> tf.data.Dataset:
         data.as_graph(parse), num_parallel_calls=data.AUTOTUNE
     )
     return dataset.batch(ENCODE_BATCH).prefetch(data.AUTOTUNE)
+
+
+_ENCODERS = weakref.WeakKeyDictionary()  # model → {image size: its frozen encoder as a graph}
+
+
+def _encoder(model, image_size: int):
+    """`model.encode` as one graph for every batch size (each shard ends in a short batch),
+    traced once per model and image size, however many splits it caches."""
+    by_size = _ENCODERS.setdefault(model, {})
+    if image_size not in by_size:
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
+        by_size[image_size] = tf.function(
+            lambda images: model.encode(images, training=False), input_signature=[spec]
+        )
+    return by_size[image_size]
 
 
 def _float16_feature(values: np.ndarray) -> tf.train.Feature:
@@ -82,8 +98,7 @@ def cached_split(
         return outputs
     tf.io.gfile.makedirs(cache_dir)
     print(f"caching {split} encoder features in {cache_dir}", flush=True)
-    # One trace for every batch size (each shard ends in a short batch).
-    encode = tf.function(lambda images: model.encode(images, training=False), reduce_retracing=True)
+    encode = _encoder(model, config.image_size)
     progress = cli.progress_bar(None, "image")
     seen = 0
     for source, output in zip(files, outputs):
