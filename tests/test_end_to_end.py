@@ -45,6 +45,7 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
         tmp_path,
     )
     assert "replicas in sync: 2" in log
+    assert not re.search(r"^[IWE]\d{4} ", log, re.M), log  # No absl or TF library log lines.
     test_metrics = json.loads(re.search(r'\{"test": .*\}', log).group(0))["test"]
     assert 0.0 <= test_metrics["bleu4"] <= 1.0
     assert 0.0 <= test_metrics["true_captions"] <= 1.0

@@ -23,13 +23,13 @@ print(json.dumps([c.decode() for c in out["caption"].numpy()]))
 """
 
 
-def saved_model_cli_run(version_dir, signature, image: bytes, tmp_path, *extra) -> str:
+def saved_model_cli_run(version_dir, signature, image: bytes, tmp_path) -> str:
     """`saved_model_cli run` of `signature` on one image; its stdout."""
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     inputs = tmp_path / f"{signature}.npy"
     np.save(inputs, np.array([image], dtype=f"S{len(image)}"))
     command = [cli, "run", "--dir", version_dir, "--tag_set", "serve"]
-    command += ["--signature_def", signature, "--inputs", f"image_bytes={inputs}", *extra]
+    command += ["--signature_def", signature, "--inputs", f"image_bytes={inputs}"]
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
@@ -238,10 +238,3 @@ def test_batching_parameters_are_written_beside_the_versions(exported, tmp_path)
     export_dir = os.path.dirname(os.path.dirname(exported))
     written = open(os.path.join(export_dir, tf_serving.BATCHING_FILENAME)).read()
     assert written == open(tf_serving.write_batching_parameters(str(tmp_path))).read()
-
-
-def test_saved_model_cli_runs_caption_nbest(exported, split_images, tmp_path):
-    image = open(split_images[0], "rb").read()
-    extra = ("--input_exprs", "num_captions=2")
-    ran = saved_model_cli_run(exported, "caption_nbest", image, tmp_path, *extra)
-    assert "captions" in ran and "token_log_probs" in ran

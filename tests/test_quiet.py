@@ -1,4 +1,7 @@
-"""Commands start without TensorFlow's native start-up lines; CAPTIONER_VERBOSE=1 keeps them."""
+"""Commands start without TensorFlow's native start-up lines; CAPTIONER_VERBOSE=1 keeps them.
+
+That a whole run (training, evaluation, export) prints no library log lines either is checked on
+`serving.workflow`'s output in tests/test_end_to_end.py."""
 
 from conftest import start_module
 
@@ -20,16 +23,3 @@ def test_a_command_prints_no_native_library_lines_by_default(monkeypatch):
 def test_captioner_verbose_brings_them_back(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     assert NATIVE_LINE in run_help({"CAPTIONER_VERBOSE": "1"})
-
-
-def test_an_export_prints_its_result_without_library_info_lines(trained_job, tmp_path, monkeypatch):
-    import re
-
-    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    process = start_module(
-        ["serving.export", f"--job_dir={trained_job}", f"--export_dir={tmp_path}"]
-    )
-    output = process.communicate(timeout=600)[0]
-    assert process.returncode == 0, output
-    assert "exported" in output
-    assert not re.search(r"^[IWE]\d{4} ", output, re.M), output  # absl/TF log lines.
