@@ -55,8 +55,9 @@ def _encoder(model, image_size: int):
     by_size = _ENCODERS.setdefault(model, {})
     if image_size not in by_size:
         spec = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
+        captioner = weakref.ref(model)  # The entry must not keep its own key alive.
         by_size[image_size] = tf.function(
-            lambda images: model.encode(images, training=False), input_signature=[spec]
+            lambda images: captioner().encode(images, training=False), input_signature=[spec]
         )
     return by_size[image_size]
 
