@@ -38,6 +38,9 @@ def test_feature_cache_with_mirror_stores_the_mirrored_images_features(tiny_data
         rtol=1e-2,
     )
     assert not np.allclose(stored(records.CNN_FEATURES), stored(records.CNN_FEATURES_MIRRORED))
+    cache.cached_split(model, config, "train", data.shard_files(tiny_data, "train"))
+    # One graph of the encoder for every split and batch size (batches of 6 and 24 here).
+    assert cache._encoder(model, 32).experimental_get_tracing_count() == 1
 
 
 def test_the_cache_key_names_the_feature_layer(tiny_data):
