@@ -44,14 +44,21 @@ def one_step_update(strategy, weights, batch, jit_compile=False, fine_tune=False
     return float(loss), [after - before for after, before in zip(model.get_weights(), weights)]
 
 
+@pytest.fixture(scope="module")
+def default_step():
+    """(weights, batch, loss, update): one step under the default strategy without XLA, the
+    reference each mirrored variant is held to."""
+    weights = small_model().get_weights()
+    batch = a_batch()
+    return (weights, batch, *one_step_update(tf.distribute.get_strategy(), weights, batch))
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_mirrored_step_equals_default_on_the_same_global_batch(jit_compile):
+def test_mirrored_step_equals_default_on_the_same_global_batch(jit_compile, default_step):
     """Default strategy without XLA is the reference; mirrored, with or without XLA, equals it."""
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs two logical CPU devices")
-    weights = small_model().get_weights()
-    batch = a_batch()
-    default_loss, default_update = one_step_update(tf.distribute.get_strategy(), weights, batch)
+    weights, batch, default_loss, default_update = default_step
     mirrored = distribute.select_strategy("mirrored", cpu_devices=2)
     assert mirrored.num_replicas_in_sync == 2
     mirrored_loss, mirrored_update = one_step_update(mirrored, weights, batch, jit_compile)
