@@ -45,6 +45,10 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
         tmp_path,
     )
     assert "replicas in sync: 2" in log
+    # Cached features and no --jit_compile: the step is XLA-compiled, and the job dir says so.
+    assert "train step XLA-compiled: yes" in log
+    written = json.loads((tmp_path / "jobs" / "e2e" / "config.json").read_text())
+    assert written["jit_compile"] is True
     assert not re.search(r"^[IWE]\d{4} ", log, re.M), log  # No absl or TF library log lines.
     test_metrics = json.loads(re.search(r'\{"test": .*\}', log).group(0))["test"]
     assert 0.0 <= test_metrics["bleu4"] <= 1.0

@@ -105,6 +105,9 @@ def raw_dir(tmp_path_factory) -> str:
 
 
 TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+# Two workers as threads of this process: bundles split as with processes, without two more
+# Python processes importing TensorFlow.
+TWO_THREADS = ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
 
 
 def run_job(raw: str, output_dir: str, options: list[str] = (), **overrides) -> dict:
@@ -320,7 +323,7 @@ def test_runner_chosen_shards_hold_the_same_examples(raw_dir, first_run, tmp_pat
     manifest = run_job(
         raw_dir,
         str(tmp_path),
-        options=TWO_WORKERS,
+        options=TWO_THREADS,
         num_shards=pipeline.RUNNER_SHARDS,
     )
     assert split_contents(str(tmp_path)) == split_contents(first_dir)
