@@ -105,8 +105,11 @@ def demo(
 
     print(f"[5/5] captioning the held-out original photos with {version_dir}", flush=True)
     scenes = sample_scenes.load_scenes(raw_dir)
-    served = served_figures(version_dir, images_dir, result["rows"], scenes)
-    show_captions(version_dir, images_dir, result["rows"][:show], scenes, out_dir)
+    paths = [os.path.join(images_dir, row["image"]) for row in result["rows"]]
+    served_results = dict(predict.caption_files(version_dir, paths, batch_size=32))  # One load.
+    captions = [served_results[path]["caption"].decode() for path in paths]
+    served = served_figures(captions, result["rows"], scenes)
+    show_captions(served_results, paths[:show], scenes, out_dir)
     summary = summarise(result["metrics"], served, config, beam_size, length_alpha)
     summary["minutes"] = round((time.perf_counter() - started) / 60, 2)
     summary["export"] = version_dir
@@ -133,15 +136,14 @@ def preprocess_sample(raw_dir: str, images: int, data_dir: str) -> None:
     )
 
 
-def show_captions(version_dir: str, images_dir: str, rows, scenes: dict, out_dir: str) -> None:
-    """A few held-out photos captioned by the SavedModel, each judged, with attention plots."""
+def show_captions(served_results: dict, paths: list[str], scenes: dict, out_dir: str) -> None:
+    """A few held-out photos' SavedModel captions, each judged, with attention plots."""
     plots = os.path.join(out_dir, "attention")
-    lines = predict.predict(
-        version_dir,
-        [os.path.join(images_dir, row["image"]) for row in rows],
-        output=os.path.join(out_dir, "captions.jsonl"),
-        attention_plot=plots,
-    )
+    os.makedirs(plots, exist_ok=True)
+    lines = [
+        predict.result_line(path, served_results[path], attention_plot=plots) for path in paths
+    ]
+    predict.write_lines(lines, os.path.join(out_dir, "captions.jsonl"))
     for line in lines:
         objects = scenes[os.path.basename(line["image"])]["objects"]
         error = sample_scenes.caption_error(line["caption"], objects)
@@ -183,14 +185,9 @@ def summarise(metrics: dict, served: dict, config, beam_size: int, length_alpha:
     }
 
 
-def served_figures(version_dir: str, images_dir: str, rows: list[dict], scenes: dict) -> dict:
-    """The SavedModel's captions of the original test photos against the evaluation's."""
-    paths = [os.path.join(images_dir, row["image"]) for row in rows]
-    captions = {
-        os.path.basename(path): result["caption"].decode()
-        for path, result in predict.caption_files(version_dir, paths, batch_size=32)
-    }
-    served = [captions[row["image"]] for row in rows]
+def served_figures(served: list[str], rows: list[dict], scenes: dict) -> dict:
+    """The SavedModel's captions of the original test photos (in the order of `rows`) against
+    the evaluation's."""
     equal = sum(caption == row["caption"] for caption, row in zip(served, rows))
     true = sum(
         sample_scenes.caption_is_true(caption, scenes[row["image"]]["objects"])

@@ -154,6 +154,40 @@ def plot_attention(path: str, result: dict, out_path: str) -> None:
     plt.close(figure)
 
 
+def result_line(path: str, result: dict, num_captions: int = 0, attention_plot: str = "") -> dict:
+    """An image's output line: its caption (or n-best, or error); with `attention_plot`, the
+    plot of its (best) caption's attention is drawn into that folder and named in the line."""
+    if "error" in result:
+        return {"image": path, "error": result["error"]}
+    if num_captions > 0:
+        line = {"image": path, "captions": nbest_lines(result)}
+        result = {key: result[key][0] for key in ("tokens", "attention")} | {
+            "caption": result["captions"][0]
+        }
+    else:
+        line = {
+            "image": path,
+            "caption": result["caption"].decode(),
+            "log_prob": float(result["log_prob"]),
+        }
+    if attention_plot:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        plot_path = os.path.join(attention_plot, f"{stem}.png")
+        plot_attention(path, result, plot_path)
+        line["attention_plot"] = plot_path
+    return line
+
+
+def write_lines(lines: list[dict], output: str = "") -> None:
+    """JSON lines into `output`, or onto stdout."""
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if output:
+        with open(output, "w") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def predict(
     model_dir: str,
     patterns: list[str],
@@ -165,40 +199,11 @@ def predict(
     paths = expand_images(patterns)
     if attention_plot:
         os.makedirs(attention_plot, exist_ok=True)
-    lines = []
-    for path, result in caption_files(model_dir, paths, batch_size, num_captions):
-        if "error" in result:
-            line = {"image": path, "error": result["error"]}
-        elif num_captions > 0:
-            line = {"image": path, "captions": nbest_lines(result)}
-            if attention_plot:
-                best = {
-                    "caption": result["captions"][0],
-                    "tokens": result["tokens"][0],
-                    "attention": result["attention"][0],
-                }
-                stem = os.path.splitext(os.path.basename(path))[0]
-                plot_path = os.path.join(attention_plot, f"{stem}.png")
-                plot_attention(path, best, plot_path)
-                line["attention_plot"] = plot_path
-        else:
-            line = {
-                "image": path,
-                "caption": result["caption"].decode(),
-                "log_prob": float(result["log_prob"]),
-            }
-            if attention_plot:
-                stem = os.path.splitext(os.path.basename(path))[0]
-                plot_path = os.path.join(attention_plot, f"{stem}.png")
-                plot_attention(path, result, plot_path)
-                line["attention_plot"] = plot_path
-        lines.append(line)
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    if output:
-        with open(output, "w") as out:
-            out.write(text)
-    else:
-        sys.stdout.write(text)
+    lines = [
+        result_line(path, result, num_captions, attention_plot)
+        for path, result in caption_files(model_dir, paths, batch_size, num_captions)
+    ]
+    write_lines(lines, output)
     return lines
 
 

@@ -178,6 +178,8 @@ def small_model(vocab_size: int = 12, image_size: int = 32, seed: int = 0, **kwa
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# TensorFlow's first native line, which commands keep quiet unless CAPTIONER_VERBOSE=1.
+NATIVE_LINE = "All log messages before absl::InitializeLog()"
 
 # Flags of a training run small enough for tests: the CLI twin of `tiny_config`.
 TINY_FLAGS = [

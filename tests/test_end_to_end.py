@@ -6,7 +6,7 @@ import os
 import re
 
 import pytest
-from conftest import TINY_FLAGS, start_module
+from conftest import NATIVE_LINE, TINY_FLAGS, start_module
 
 
 def run(args, cwd):
@@ -49,7 +49,9 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
     assert "train step XLA-compiled: yes" in log
     written = json.loads((tmp_path / "jobs" / "e2e" / "config.json").read_text())
     assert written["jit_compile"] is True
-    assert not re.search(r"^[IWE]\d{4} ", log, re.M), log  # No absl or TF library log lines.
+    # No absl or TF library log lines, native start-up lines included.
+    assert not re.search(r"^[IWE]\d{4} ", log, re.M), log
+    assert NATIVE_LINE not in log and "cuda" not in log.lower(), log
     test_metrics = json.loads(re.search(r'\{"test": .*\}', log).group(0))["test"]
     assert 0.0 <= test_metrics["bleu4"] <= 1.0
     assert 0.0 <= test_metrics["true_captions"] <= 1.0

@@ -349,7 +349,13 @@ class Run:
         self.writers = {
             name: _summary_writer(self.config.job_dir, name, chief) for name in ("train", "val")
         }
-        self._cross_entropy_steps = self._self_critical_step = None
+        self._cross_entropy_steps = self._self_critical_step = self._val_batches = None
+
+    def val_batches(self):
+        """The val split's distributed batches: made once, read at every epoch's end."""
+        if self._val_batches is None:
+            self._val_batches = _distributed(self, 0, self.val_files, shuffle=False, drop=False)
+        return self._val_batches
 
     def cross_entropy_steps(self):
         """(train step, eval step), made once per run and again when the encoder starts or
@@ -385,7 +391,8 @@ class Run:
             self.model.freeze_encoder()
             inputs = _feature_inputs(self.config, self.model, self.pixels, self.cache_root)
         self.train_files, self.val_files, self.source = inputs
-        self._cross_entropy_steps = None  # Traced again for the other variables and inputs.
+        # Traced and made again for the other variables and inputs.
+        self._cross_entropy_steps = self._val_batches = None
 
     def self_critical_step(self):
         """(train step, CIDEr-D scorer, greedy captioner of the val images), made once."""
@@ -587,8 +594,7 @@ def validate(run: Run, current: int, self_critical: bool = False) -> dict:
     if not run.val_files:
         return {}
     _, eval_step = run.cross_entropy_steps()
-    val_data = _distributed(run, 0, run.val_files, shuffle=False, drop=False)
-    run.val_metrics = evaluate_loss(eval_step, val_data)
+    run.val_metrics = evaluate_loss(eval_step, run.val_batches())
     if self_critical:
         _, scorer, greedy_ids = run.self_critical_step()
         run.val_metrics["cider_d"] = val_cider(run, scorer, greedy_ids)
