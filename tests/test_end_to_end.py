@@ -39,6 +39,7 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
             *TINY_FLAGS,
             "--epochs=2",
             "--beam_size=2",
+            "--nometeor",  # METEOR's Java scorer: tests/test_evaluate.py.
             "--export_dir=exports",
             "--job_dir=jobs/e2e",
         ],
@@ -58,9 +59,20 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
     assert os.path.exists(tmp_path / "exports" / "captioner" / "1" / "saved_model.pb")
     assert os.listdir(tmp_path / "jobs" / "e2e" / "logs" / "train")
 
-    # 3. Caption raw images with the exported model.
+    # 3. Caption raw images with the exported model, with attention plots.
     images = sorted(glob.glob(str(tmp_path / "data" / "sample" / "flickr30k_images" / "*.jpg")))[:3]
-    out = run(["serving.predict", "--model_dir=exports/captioner", *images], tmp_path)
-    lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"image"')]
+    run(
+        [
+            "serving.predict",
+            "--model_dir=exports/captioner",
+            "--output=captions.jsonl",
+            "--attention_plot=plots",
+            *images,
+        ],
+        tmp_path,
+    )
+    lines = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
     assert [line["image"] for line in lines] == images
-    assert all("caption" in line for line in lines)
+    assert all(isinstance(line["caption"], str) and line["log_prob"] <= 0 for line in lines)
+    plots = sorted(os.listdir(tmp_path / "plots"))
+    assert plots == [os.path.basename(image).replace(".jpg", ".png") for image in images]

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -21,23 +19,14 @@ def image_folder(tmp_path_factory):
     return folder
 
 
-def test_cli_captions_a_folder_into_json_lines_with_attention_plots(
+def test_a_folder_is_captioned_into_json_lines_with_attention_plots(
     exported_model_dir, image_folder, tmp_path
 ):
+    """As `python -m serving.predict --output=... --attention_plot=... FOLDER` does (the command
+    itself runs in tests/test_end_to_end.py)."""
     output, plots = tmp_path / "captions.jsonl", tmp_path / "plots"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving.predict",
-            f"--model_dir={exported_model_dir}",
-            f"--output={output}",
-            f"--attention_plot={plots}",
-            str(image_folder),
-        ],
-        check=True,
-        capture_output=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
+    predict.predict(
+        exported_model_dir, [str(image_folder)], output=str(output), attention_plot=str(plots)
     )
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [os.path.basename(line["image"]) for line in lines] == ["photo0.jpg", "photo1.jpg"]

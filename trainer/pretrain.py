@@ -208,6 +208,7 @@ def make_dataset(
     full_spec = records.feature_spec()
     spec = {key: full_spec[key] for key in (records.IMAGE_ENCODED, records.IMAGE_FILENAME)}
 
+    @data.as_graph
     def parse(serialized):
         example = tf.io.parse_single_example(serialized, spec)
         index = table.lookup(example[records.IMAGE_FILENAME])
@@ -229,7 +230,7 @@ def make_dataset(
     if training and flip:
         draws = tf.data.Dataset.random(seed=seed)
         dataset = tf.data.Dataset.zip(dataset, draws).map(
-            mirror_half, num_parallel_calls=tf.data.AUTOTUNE
+            data.as_graph(mirror_half), num_parallel_calls=tf.data.AUTOTUNE
         )
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
@@ -301,6 +302,9 @@ def pretrain(
     cnn, classifier = build(image_size, init_weights, cells_layer, encoder)
     losses = {"scene": scene_loss, "cells": cells_loss} if cells_layer else {"scene": scene_loss}
     classifier.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=losses)
+    # Its slots made now, eagerly: made while `fit` traces its step, each is a variable lifted
+    # out of the graph behind a condition, seconds of tracing for an EfficientNet's hundreds.
+    classifier.optimizer.build(classifier.trainable_variables)
     best = os.path.join(job_dir, "best.weights.h5")
     os.makedirs(job_dir, exist_ok=True)
     history = classifier.fit(
