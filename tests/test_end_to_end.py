@@ -18,11 +18,13 @@ def run(args, cwd):
 
 @pytest.mark.slow
 def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
-    # 1. Beam, with its defaults: generates the sample data set and preprocesses it.
-    run(
-        ["preprocess.run", "--runner=DirectRunner", "--sample_images=60"],
+    # 1. Beam, with its defaults: generates the sample data set and preprocesses it. Beam's own
+    # options pass through the command to the runner.
+    output = run(
+        ["preprocess.run", "--runner=DirectRunner", "--direct_num_workers=2", "--sample_images=60"],
         tmp_path,
     )
+    assert "Manifest:" in output and "train:" in output
     manifest = json.loads((tmp_path / "data" / "sample_tfrecords" / "manifest.json").read_text())
     counts = manifest["counts"]
     assert counts["rows_read"] == 300

@@ -86,14 +86,6 @@ def test_no_input_flags_generate_and_preprocess_the_sample(tmp_path, monkeypatch
     }
 
 
-def test_command_line_passes_beam_options_through(sample, tmp_path):
-    command = [sys.executable, "-m", "preprocess.run", *input_flags(sample)]
-    command += [f"--output_dir={tmp_path}", "--runner=DirectRunner", "--direct_num_workers=2"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Manifest:" in result.stderr and "train:" in result.stderr
-
-
 def test_command_line_error_is_one_line_naming_the_flag(tmp_path):
     (tmp_path / "x").write_text("")
     command = [sys.executable, "-m", "preprocess.run", f"--output_dir={tmp_path}"]
