@@ -119,6 +119,11 @@ class CaptionModule(tf.Module):
         self.block_trigrams = block_trigrams
         self.image_size = model.image_size
 
+    # Traced once; every signature calls it, so the SavedModel holds one decoding graph. Graph
+    # code as written (tf.while_loop, tf.cond): nothing for autograph to convert.
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")], autograph=False
+    )
     def _decode(self, image_bytes: tf.Tensor) -> dict:
         images = tf.map_fn(
             lambda one: checked_decode(one, self.image_size),
