@@ -77,7 +77,9 @@ def test_two_workers_killed_and_restarted_train_like_one_device_and_only_the_chi
     job_dir = str(tmp_path / "killed")
     workers = start_workers(data_dir, job_dir, longer)
     deadline = time.time() + 600
-    while checkpointed_step(job_dir) < 2 and all(w.poll() is None for w in workers):
+    while checkpointed_step(job_dir) < 2:
+        exited = [worker for worker in workers if worker.poll() is not None]
+        assert not exited, f"a worker ended before step 2:\n{exited[0].communicate()[0][-3000:]}"
         assert time.time() < deadline, "the workers never reached step 2"
         time.sleep(0.05)
     for worker in workers:  # A preempted job: every worker dies at once.

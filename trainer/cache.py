@@ -57,7 +57,9 @@ def _encoder(model, image_size: int):
         spec = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
         captioner = weakref.ref(model)  # The entry must not keep its own key alive.
         by_size[image_size] = tf.function(
-            lambda images: captioner().encode(images, training=False), input_signature=[spec]
+            lambda images: captioner().encode(images, training=False),
+            input_signature=[spec],
+            autograph=False,
         )
     return by_size[image_size]
 

@@ -222,7 +222,7 @@ def contrast_accuracy(
         return {}
     tokenizer = data.Tokenizer(tokens, config.max_length)
 
-    @tf.function
+    @tf.function(autograph=False)
     def logits_for_references(images, references):
         # The encoder once per image; every reference caption then reads its features.
         captions = tf.strings.split(references, sep="\n")
@@ -265,7 +265,7 @@ def caption_split(
     dataset = split_dataset(tokenizer, config, data_dir, split, batch_size)
     vocab = tf.constant(tokens)
 
-    @tf.function
+    @tf.function(autograph=False)
     def caption_images(images):
         result = decoding.caption(
             model,

@@ -83,7 +83,9 @@ def make_step_functions(
         smoothing = label_smoothing if training else 0.0  # Validation reports the plain loss.
         return masked_loss_sum(batch["target_ids"], logits, attention, attention_reg, smoothing)
 
-    @tf.function(jit_compile=jit_compile)
+    # Graph code as written (Python loops and branches on static facts only), like every
+    # tf.function here: autograph would rewrite it at every trace for nothing.
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def local_gradients(batch: dict):
         with tf.GradientTape() as tape:
             loss_sum, tokens, correct = forward(batch, training=True)
@@ -113,7 +115,7 @@ def make_step_functions(
     def first_replica(value):
         return strategy.experimental_local_results(value)[0]  # Equal on every replica.
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(batch):
         loss, accuracy = strategy.run(replica_train_step, args=(batch,))
         return first_replica(loss), first_replica(accuracy)
@@ -121,7 +123,7 @@ def make_step_functions(
     def replica_eval_step(batch: dict):
         return forward(batch, training=False)
 
-    @tf.function
+    @tf.function(autograph=False)
     def eval_step(batch):
         sums = strategy.run(replica_eval_step, args=(batch,))
         return [strategy.reduce("SUM", value, axis=None) for value in sums]
@@ -197,7 +199,7 @@ def make_scst_step(
         means = [reward / replicas, tf.reduce_mean(advantages) / replicas]
         return context.all_reduce("SUM", means)
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(batch, step):
         reward, advantage = strategy.run(replica_step, args=(batch, step))
         first = strategy.experimental_local_results

@@ -413,7 +413,7 @@ class Run:
                 config.scst_baseline == "greedy",
             )
 
-            @tf.function
+            @tf.function(autograph=False)
             def greedy_ids(batch):
                 features = batch.get("cnn_features")
                 if features is None:
