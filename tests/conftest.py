@@ -109,12 +109,13 @@ def tiny_data(request, tmp_path_factory) -> str:
 
 # `make test` hands whole modules to its workers (--dist loadfile) in collection order
 # (--no-loadscope-reorder, pyproject.toml): the longest first, so that no worker starts one of
-# them as the others run out of work. Every other module keeps its place.
+# them as the others run out of work. Every other module keeps its place. The multi-worker and
+# tf.data service modules, each several TensorFlow processes, are kept from starting together.
 LONGEST_FIRST = (
-    "test_data_service.py",
     "test_multi_worker.py",
     "test_scst.py",
     "test_train.py",
+    "test_data_service.py",
     "test_end_to_end.py",
     "test_export.py",
     "test_steps.py",
