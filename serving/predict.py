@@ -161,8 +161,10 @@ def result_line(path: str, result: dict, num_captions: int = 0, attention_plot: 
         return {"image": path, "error": result["error"]}
     if num_captions > 0:
         line = {"image": path, "captions": nbest_lines(result)}
-        result = {key: result[key][0] for key in ("tokens", "attention")} | {
-            "caption": result["captions"][0]
+        result = {  # The best caption's, for its plot.
+            "caption": result["captions"][0],
+            "tokens": result["tokens"][0],
+            "attention": result["attention"][0],
         }
     else:
         line = {
