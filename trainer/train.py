@@ -117,7 +117,8 @@ def train(config: TrainConfig) -> Trained:
         if current >= phases.end:
             break
         history.append(_epoch(run, phases, current))
-        if best and "scst_epoch" not in history[-1]:
+        whole = history[-1].get("epoch", 0) * phases.cross_entropy_epoch == history[-1]["step"]
+        if best and whole:  # Whole cross-entropy epochs: not one --max_steps cut short.
             best.offer(history[-1])
     if not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
@@ -350,6 +351,7 @@ class Run:
             name: _summary_writer(self.config.job_dir, name, chief) for name in ("train", "val")
         }
         self._cross_entropy_steps = self._self_critical_step = self._val_batches = None
+        self._cider_judge = None
 
     def val_batches(self):
         """The val split's distributed batches: made once, read at every epoch's end."""
@@ -394,14 +396,30 @@ class Run:
         # Traced and made again for the other variables and inputs.
         self._cross_entropy_steps = self._val_batches = None
 
-    def self_critical_step(self):
-        """(train step, CIDEr-D scorer, greedy captioner of the val images), made once."""
-        if self._self_critical_step is None:
+    def cider_judge(self):
+        """(CIDEr-D scorer with the training captions' document frequencies, greedy captioner
+        of a batch): what scores the val images' captions, made once."""
+        if self._cider_judge is None:
             config, vocab = self.config, tf.constant(self.tokenizer.tokens)
             references = scst.training_references(self.train_files, self.tokenizer, self.source)
-            scorer = cider.CiderD(references)
+
+            @tf.function(autograph=False)
+            def greedy_ids(batch):
+                features = batch.get("cnn_features")
+                if features is None:
+                    features = self.model.encode(batch["image"])
+                return decoding.greedy(self.model, features, vocab, config.max_length)["token_ids"]
+
+            self._cider_judge = cider.CiderD(references), greedy_ids
+        return self._cider_judge
+
+    def self_critical_step(self):
+        """The self-critical train step, made once."""
+        if self._self_critical_step is None:
+            config, vocab = self.config, tf.constant(self.tokenizer.tokens)
+            scorer, _ = self.cider_judge()
             rewards = scst.Rewards(scorer, self.tokenizer.tokens, config.scst_baseline)
-            train_step = steps.make_scst_step(
+            self._self_critical_step = steps.make_scst_step(
                 self.model,
                 self.optimizer,
                 self.strategy,
@@ -412,15 +430,6 @@ class Run:
                 config.scst_samples,
                 config.scst_baseline == "greedy",
             )
-
-            @tf.function(autograph=False)
-            def greedy_ids(batch):
-                features = batch.get("cnn_features")
-                if features is None:
-                    features = self.model.encode(batch["image"])
-                return decoding.greedy(self.model, features, vocab, config.max_length)["token_ids"]
-
-            self._self_critical_step = train_step, scorer, greedy_ids
         return self._self_critical_step
 
 
@@ -564,7 +573,7 @@ def _cross_entropy_step(run: Run, batch, schedule) -> dict:
 
 def _self_critical_step(run: Run, batch) -> dict:
     """One self-critical step (trainer/scst.py): {reward, advantage}; logged."""
-    train_step, _, _ = run.self_critical_step()
+    train_step = run.self_critical_step()
     run.optimizer.learning_rate = run.config.scst_learning_rate
     reward, advantage = train_step(batch, run.step)
     figures = {"reward": float(reward), "advantage": float(advantage)}
@@ -589,15 +598,14 @@ def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> No
 
 
 def validate(run: Run, current: int, self_critical: bool = False) -> dict:
-    """Validation loss and token accuracy (with sample captions; after a self-critical epoch,
-    the greedy captions' CIDEr-D too), as `val_*` keys."""
+    """Validation loss and token accuracy (with sample captions; with --keep_best or after a
+    self-critical epoch, the greedy captions' CIDEr-D too), as `val_*` keys."""
     if not run.val_files:
         return {}
     _, eval_step = run.cross_entropy_steps()
     run.val_metrics = evaluate_loss(eval_step, run.val_batches())
-    if self_critical:
-        _, scorer, greedy_ids = run.self_critical_step()
-        run.val_metrics["cider_d"] = val_cider(run, scorer, greedy_ids)
+    if self_critical or run.config.keep_best:
+        run.val_metrics["cider_d"] = val_cider(run, *run.cider_judge())
     with run.writers["val"].as_default(step=current):
         for key, value in run.val_metrics.items():
             tf.summary.scalar(key, value)
@@ -655,10 +663,15 @@ def sample_captions(run: Run) -> list[str]:
 
 
 class BestEpoch:
-    """--keep_best: the model of the epoch with the lowest validation loss, in JOB_DIR/best.
+    """--keep_best: the model of the epoch whose greedy captions of the val images score the
+    highest CIDEr-D, in JOB_DIR/best (the first such epoch on a tie).
 
-    Training goes on from the latest checkpoint; evaluation and export read this one.
+    Not the lowest validation loss: on real photos the loss turns up epochs before the captions
+    stop improving (BENCHMARKS.md, "Real photos"). Training goes on from the latest checkpoint;
+    evaluation and export read this one.
     """
+
+    KEY = "val_cider_d"  # Of an epoch's record: what it is chosen by.
 
     def __init__(self, job_dir: str, model: Captioner, chief: bool):
         directory = job.best_dir(job_dir)
@@ -666,16 +679,16 @@ class BestEpoch:
             directory = tempfile.mkdtemp(prefix="best-")
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, 1)
         self.record = os.path.join(directory, "best.json")
-        self.val_loss = float("inf")
+        self.cider_d = -1.0
         if tf.io.gfile.exists(self.record):  # A resumed run keeps the best so far.
             with tf.io.gfile.GFile(self.record) as record:
-                self.val_loss = json.load(record)["val_loss"]
+                self.cider_d = json.load(record)[self.KEY]
 
     def offer(self, epoch_record: dict) -> None:
-        if "val_loss" not in epoch_record:
+        if self.KEY not in epoch_record:
             raise data.DataError("--keep_best needs a val split to choose by; it is empty")
-        if epoch_record["val_loss"] < self.val_loss:
-            self.val_loss = epoch_record["val_loss"]
+        if epoch_record[self.KEY] > self.cider_d:
+            self.cider_d = epoch_record[self.KEY]
             self.manager.save(checkpoint_number=epoch_record["step"])
             with tf.io.gfile.GFile(self.record, "w") as record:
                 json.dump(epoch_record, record)
