@@ -4,7 +4,7 @@ recipes: `python -m trainer.task --recipe=NAME` (a flag given on the command lin
 - real_photos (the default): TrainConfig's defaults below, chosen on the validation photos of
   the real Flickr dev split with EfficientNet-Lite0's ImageNet features at 224 px (README, "Real
   photos"): every caption of a photo trains, a GRU of 256 units with dropout 0.3, 12 epochs on a
-  cosine rate, the epoch whose greedy val captions score the highest CIDEr-D kept.
+  cosine rate, the epoch of the lowest validation loss kept.
 - demo: the sample world at 64 px with the shipped sample encoder (`make demo`, serving/demo.py;
   BENCHMARKS.md, "Learning quality", measures each choice).
 - flickr30k_gpus: real_photos on every GPU of one machine (mirrored, mixed precision), at the
@@ -59,8 +59,7 @@ class TrainConfig:
     attention_reg: float = 0.0
     dropout: float = 0.3  # On word embeddings and GRU outputs, in training only.
     label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.
-    # Evaluate and export the epoch whose greedy val captions score the highest CIDEr-D.
-    keep_best: bool = True
+    keep_best: bool = True  # Evaluate and export the epoch of the lowest validation loss.
     # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
     # samples per image, the reward's baseline ("greedy" or "mean") and the learning rate.
     scst_epochs: int = 0

@@ -140,8 +140,7 @@ def _define_regularisation_flags() -> None:
     flags.DEFINE_bool(
         "keep_best",
         defaults.keep_best,
-        "Evaluate and export the epoch whose greedy captions of the val images score the highest "
-        "CIDEr-D (JOB_DIR/best), not the last.",
+        "Evaluate and export the epoch of the lowest validation loss (JOB_DIR/best), not the last.",
     )
 
 

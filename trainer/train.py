@@ -598,13 +598,13 @@ def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> No
 
 
 def validate(run: Run, current: int, self_critical: bool = False) -> dict:
-    """Validation loss and token accuracy (with sample captions; with --keep_best or after a
-    self-critical epoch, the greedy captions' CIDEr-D too), as `val_*` keys."""
+    """Validation loss and token accuracy (with sample captions; after a self-critical epoch,
+    the greedy captions' CIDEr-D too), as `val_*` keys."""
     if not run.val_files:
         return {}
     _, eval_step = run.cross_entropy_steps()
     run.val_metrics = evaluate_loss(eval_step, run.val_batches())
-    if self_critical or run.config.keep_best:
+    if self_critical:
         run.val_metrics["cider_d"] = val_cider(run, *run.cider_judge())
     with run.writers["val"].as_default(step=current):
         for key, value in run.val_metrics.items():
@@ -663,15 +663,11 @@ def sample_captions(run: Run) -> list[str]:
 
 
 class BestEpoch:
-    """--keep_best: the model of the epoch whose greedy captions of the val images score the
-    highest CIDEr-D, in JOB_DIR/best (the first such epoch on a tie).
+    """--keep_best: the model of the whole epoch with the lowest validation loss, in JOB_DIR/best.
 
-    Not the lowest validation loss: on real photos the loss turns up epochs before the captions
-    stop improving (BENCHMARKS.md, "Real photos"). Training goes on from the latest checkpoint;
-    evaluation and export read this one.
+    Training goes on from the latest checkpoint; evaluation and export read this one. (Choosing
+    by the val captions' CIDEr-D instead was measured: BENCHMARKS.md, "Real photos".)
     """
-
-    KEY = "val_cider_d"  # Of an epoch's record: what it is chosen by.
 
     def __init__(self, job_dir: str, model: Captioner, chief: bool):
         directory = job.best_dir(job_dir)
@@ -679,16 +675,16 @@ class BestEpoch:
             directory = tempfile.mkdtemp(prefix="best-")
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, 1)
         self.record = os.path.join(directory, "best.json")
-        self.cider_d = -1.0
+        self.val_loss = float("inf")
         if tf.io.gfile.exists(self.record):  # A resumed run keeps the best so far.
             with tf.io.gfile.GFile(self.record) as record:
-                self.cider_d = json.load(record)[self.KEY]
+                self.val_loss = json.load(record)["val_loss"]
 
     def offer(self, epoch_record: dict) -> None:
-        if self.KEY not in epoch_record:
+        if "val_loss" not in epoch_record:
             raise data.DataError("--keep_best needs a val split to choose by; it is empty")
-        if epoch_record[self.KEY] > self.cider_d:
-            self.cider_d = epoch_record[self.KEY]
+        if epoch_record["val_loss"] < self.val_loss:
+            self.val_loss = epoch_record["val_loss"]
             self.manager.save(checkpoint_number=epoch_record["step"])
             with tf.io.gfile.GFile(self.record, "w") as record:
                 json.dump(epoch_record, record)
