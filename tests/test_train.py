@@ -67,6 +67,22 @@ def test_resumed_run_ends_equal_to_an_uninterrupted_one_and_keeps_the_same_best_
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_best_epoch_is_a_whole_cross_entropy_epoch(tmp_path):
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.build((None, 1))
+    best = train.BestEpoch(str(tmp_path), model, chief=True)
+
+    def kept_step():
+        return json.loads((tmp_path / "best" / "best.json").read_text())["step"]
+
+    best.offer({"epoch": 1, "step": 3, "val_loss": 2.0}, steps_per_epoch=3)
+    best.offer({"epoch": 2, "step": 5, "val_loss": 1.0}, steps_per_epoch=3)  # --max_steps=5.
+    best.offer({"scst_epoch": 1, "step": 6, "val_loss": 0.5}, steps_per_epoch=3)
+    assert kept_step() == 3
+    best.offer({"epoch": 2, "step": 6, "val_loss": 1.5}, steps_per_epoch=3)
+    assert kept_step() == 6
+
+
 def test_missing_data_dir_names_the_fix(tmp_path):
     with pytest.raises(data.DataError, match="python -m preprocess.run"):
         train.train(tiny_config(str(tmp_path / "nowhere"), tmp_path / "job"))

@@ -117,9 +117,8 @@ def train(config: TrainConfig) -> Trained:
         if current >= phases.end:
             break
         history.append(_epoch(run, phases, current))
-        whole = history[-1].get("epoch", 0) * phases.cross_entropy_epoch == history[-1]["step"]
-        if best and whole:  # Whole cross-entropy epochs: not one --max_steps cut short.
-            best.offer(history[-1])
+        if best:
+            best.offer(history[-1], phases.cross_entropy_epoch)
     if not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
 
@@ -680,7 +679,11 @@ class BestEpoch:
             with tf.io.gfile.GFile(self.record) as record:
                 self.val_loss = json.load(record)["val_loss"]
 
-    def offer(self, epoch_record: dict) -> None:
+    def offer(self, epoch_record: dict, steps_per_epoch: int) -> None:
+        """Keep the epoch if it is the best so far: whole cross-entropy epochs only, not one that
+        --max_steps cut short, nor a self-critical one."""
+        if epoch_record.get("epoch", 0) * steps_per_epoch != epoch_record["step"]:
+            return
         if "val_loss" not in epoch_record:
             raise data.DataError("--keep_best needs a val split to choose by; it is empty")
         if epoch_record["val_loss"] < self.val_loss:
