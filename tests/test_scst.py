@@ -52,6 +52,17 @@ def test_an_images_samples_depend_on_its_seed_not_on_its_batch():
     assert not np.any(together == text.START_ID)
 
 
+def test_a_cold_temperature_samples_the_greedy_caption_and_the_default_others():
+    model = small_model(vocab_size=len(TOKENS))
+    batch = an_image_batch()
+    seeds = scst.image_seeds(batch["filename"], tf.constant(7, tf.int64))
+    greedy = decoding.greedy(model, batch["cnn_features"], tf.constant(TOKENS), 8)["token_ids"]
+    greedy = np.repeat(greedy.numpy()[:, None], 3, axis=1)
+    cold = decoding.sample(model, batch["cnn_features"], seeds, 3, 8, temperature=1e-4)
+    np.testing.assert_array_equal(cold, greedy)
+    assert not np.array_equal(decoding.sample(model, batch["cnn_features"], seeds, 3, 8), greedy)
+
+
 def test_a_sample_equal_to_a_reference_beats_the_greedy_baseline():
     rewards = scst.Rewards(scorer(), TOKENS, "greedy")
     ids = {token: index for index, token in enumerate(TOKENS)}

@@ -61,11 +61,13 @@ class TrainConfig:
     label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.
     keep_best: bool = True  # Evaluate and export the epoch of the lowest validation loss.
     # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
-    # samples per image, the reward's baseline ("greedy" or "mean") and the learning rate.
+    # samples per image, the reward's baseline ("greedy" or "mean"), the learning rate and the
+    # sampling temperature (the policy is softmax(logits / temperature)).
     scst_epochs: int = 0
     scst_samples: int = 5
     scst_baseline: str = "greedy"
     scst_learning_rate: float = 5e-5
+    scst_temperature: float = 1.0
     # None: on when the train step reads cached features, off when it runs the encoder (see
     # step_jit_compile).
     jit_compile: bool | None = None

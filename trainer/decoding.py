@@ -235,9 +235,17 @@ def greedy(model, cnn_features: tf.Tensor, vocab: tf.Tensor, max_length: int) ->
     return caption(model, cnn_features, vocab, max_length, beam_size=1, block_trigrams=False)
 
 
-def sample(model, cnn_features: tf.Tensor, seeds: tf.Tensor, num_samples: int, max_length: int):
-    """`num_samples` captions per image drawn from `model`, as token ids [B, K, T] (<pad> after
-    <end>), T = max_length - 1: self-critical training's samples.
+def sample(
+    model,
+    cnn_features: tf.Tensor,
+    seeds: tf.Tensor,
+    num_samples: int,
+    max_length: int,
+    temperature: float = 1.0,
+):
+    """`num_samples` captions per image drawn from `model`'s next-word distribution at
+    `temperature` (softmax of logits / temperature: below 1, nearer the greedy caption), as token
+    ids [B, K, T] (<pad> after <end>), T = max_length - 1: self-critical training's samples.
 
     `seeds` [B, 2]: each image's own stateless seed, so what an image draws depends on the image
     and the seed alone, not on the batch or replica it lands in (Gumbel-max sampling with
@@ -262,7 +270,8 @@ def sample(model, cnn_features: tf.Tensor, seeds: tf.Tensor, num_samples: int, m
     drawn = []
     for position in range(steps):
         state, _ = model.step(model.token_inputs(token_ids), state, features, keys)
-        logits = tf.where(never, NEG_INF, tf.cast(model.logits(state), tf.float32))
+        logits = tf.cast(model.logits(state), tf.float32) / temperature
+        logits = tf.where(never, NEG_INF, logits)
         token_ids = tf.argmax(logits + gumbel[:, position], axis=-1, output_type=tf.int32)
         token_ids = tf.where(finished, text.PAD_ID, token_ids)
         finished = finished | (token_ids == text.END_ID)

@@ -154,11 +154,13 @@ def make_scst_step(
     max_length: int,
     num_samples: int,
     greedy_baseline: bool,
+    temperature: float = 1.0,
 ):
     """The self-critical train step: one distributed batch of images (features or pixels, with
     filename and references) and the step number → (mean sampled reward, mean advantage).
 
-    Each replica samples `num_samples` captions per image (per-image stateless seeds), gets
+    Each replica samples `num_samples` captions per image (per-image stateless seeds) from the
+    policy softmax(logits / `temperature`), gets
     their advantages over the baseline from `rewards` (trainer.scst.Rewards, on the host), and
     differentiates −advantage × log-probability of each sampled token; the step sums over
     replicas and divides by the global count of sampled tokens, so the update equals one
@@ -169,7 +171,7 @@ def make_scst_step(
         source = "cnn_features" if "cnn_features" in batch else "image"
         cnn_features = batch[source] if source == "cnn_features" else model.encode(batch[source])
         seeds = scst.image_seeds(batch["filename"], step)
-        samples = decoding.sample(model, cnn_features, seeds, num_samples, max_length)
+        samples = decoding.sample(model, cnn_features, seeds, num_samples, max_length, temperature)
         greedy = tf.zeros_like(samples[:, 0])
         if greedy_baseline:
             greedy = decoding.greedy(model, cnn_features, vocab, max_length)["token_ids"]
@@ -185,6 +187,7 @@ def make_scst_step(
         fixed = global_batch_size * num_samples * (max_length - 1)
         with tf.GradientTape() as tape:
             logits, _ = model(inputs, training=True)
+            logits = tf.cast(logits, tf.float32) / temperature  # The policy that sampled.
             log_probs = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
             # A fixed divisor keeps float16 gradients in range; the true one is applied below.
             scaled = optimizer.scale_loss(-tf.reduce_sum(weights * log_probs) / fixed)

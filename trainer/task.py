@@ -213,6 +213,13 @@ def _define_scst_flags() -> None:
         defaults.scst_learning_rate,
         "Adam learning rate of the self-critical epochs.",
     )
+    flags.DEFINE_float(
+        "scst_temperature",
+        defaults.scst_temperature,
+        "The self-critical policy samples from softmax(logits / T): below 1, captions nearer "
+        "the greedy one.",
+        lower_bound=0.01,
+    )
 
 
 def _define_model_flags() -> None:

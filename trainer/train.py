@@ -428,6 +428,7 @@ class Run:
                 config.max_length,
                 config.scst_samples,
                 config.scst_baseline == "greedy",
+                config.scst_temperature,
             )
         return self._self_critical_step
 
