@@ -8,6 +8,11 @@ served for a user's original photo is therefore the one the evaluation scored.
     decode (JPEG, PNG; GIF, BMP and WebP as TF decodes them) → EXIF orientation (JPEG) →
     alpha composited on white → RGB → antialiased bilinear resize to a square → round to uint8
 
+A JPEG at least twice 2, 4 or 8 times the target on its shorter side is decoded at that fraction
+(libjpeg's DCT-domain downscale, `decode_jpeg(ratio=...)`), then resized, as Pillow's
+`thumbnail(reducing_gap=2.0)` does: a phone photo captioned at 224 px decodes an eighth of its
+pixels, and no resize shrinks an image by less than half.
+
 Pure TF ops, so TF Serving runs it without this project's Python.
 """
 
@@ -23,6 +28,10 @@ EXIF_ID = b"Exif\x00\x00"  # What opens a JPEG's APP1 EXIF segment.
 EXIF_SEARCH_BYTES = 1 << 17
 _MAX_SEGMENTS = 32  # JPEG segments walked before the EXIF search gives up.
 _MAX_IFD_ENTRIES = 256
+# decode_jpeg's `ratio` values, largest first, and how far (at least) the resize after it still
+# shrinks: Pillow's reducing_gap.
+DCT_SCALES = (8, 4, 2)
+REDUCING_GAP = 2
 
 
 def _header(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -167,19 +176,42 @@ def _on_white(pixels: tf.Tensor) -> tf.Tensor:
     )
 
 
-def decode(image_bytes: tf.Tensor) -> tf.Tensor:
-    """An image file's bytes → uint8 RGB [H, W, 3], upright, transparency over white."""
-    is_png = tf.equal(tf.strings.substr(image_bytes, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE)
+def _decode_jpeg(image_bytes: tf.Tensor, image_size: int | None) -> tf.Tensor:
+    """A JPEG's pixels as stored, DCT-downscaled by the largest of DCT_SCALES that leaves the
+    shorter side at least REDUCING_GAP times `image_size` (None: full size)."""
+
+    def at(scale):
+        return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=scale)
+
+    if image_size is None:
+        return at(1)()
+    shorter = tf.reduce_min(tf.io.extract_jpeg_shape(image_bytes)[:2])
+    fits = [shorter >= REDUCING_GAP * scale * image_size for scale in DCT_SCALES] + [True]
+    first = tf.argmax(tf.stack(fits), output_type=tf.int32)
+    return tf.switch_case(first, [at(scale) for scale in (*DCT_SCALES, 1)])
+
+
+def decode(image_bytes: tf.Tensor, image_size: int | None = None) -> tf.Tensor:
+    """An image file's bytes → uint8 RGB [H, W, 3], upright, transparency over white; with
+    `image_size`, a large JPEG DCT-downscaled for a resize to that size (_decode_jpeg)."""
+    signature = tf.strings.substr(image_bytes, 0, len(PNG_SIGNATURE))
+    is_png = tf.equal(signature, PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(signature, 0, len(JPEG_SIGNATURE)), JPEG_SIGNATURE)
 
     def png():
         return _on_white(tf.io.decode_png(image_bytes, channels=0))
 
-    def other():
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    def jpeg():
+        image = _decode_jpeg(image_bytes, image_size)
         image.set_shape([None, None, 3])
         return apply_orientation(image, exif_orientation(image_bytes))
 
-    image = tf.cond(is_png, png, other)
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+    image = tf.switch_case(tf.where(is_png, 0, tf.where(is_jpeg, 1, 2)), [png, jpeg, other])
     image.set_shape([None, None, 3])
     return image
 
@@ -200,4 +232,4 @@ def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def preprocess_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """The model's input for one image file's bytes: uint8 RGB [image_size, image_size, 3]."""
-    return resize(decode(image_bytes), image_size)
+    return resize(decode(image_bytes, image_size), image_size)

@@ -68,7 +68,15 @@ def demo(
 ) -> dict:
     """Every stage on `images` sample scenes; `training`: TrainConfig fields on top of the demo
     recipe."""
-    started = time.perf_counter()
+    started = stage_started = time.perf_counter()
+    seconds = {}  # Each stage's wall time: where a user waits.
+
+    def stage_done(name: str) -> None:
+        nonlocal stage_started
+        now = time.perf_counter()
+        seconds[name] = round(now - stage_started, 1)
+        stage_started = now
+
     raw_dir = os.path.join(out_dir, "sample")
     images_dir = os.path.join(raw_dir, sample_data.IMAGES_SUBDIR)
     data_dir = os.path.join(out_dir, "tfrecords")
@@ -76,11 +84,13 @@ def demo(
 
     print(f"[1/5] sample data set ({images} scenes) and Beam preprocessing", flush=True)
     preprocess_sample(raw_dir, images, data_dir)
+    stage_done("sample_and_preprocess")
 
     print("[2/5] training", flush=True)
     config = recipe_config("demo", **{**(training or {}), "data_dir": data_dir, "job_dir": job_dir})
     captioner, tokens, _ = train.train(config)
     trained = (captioner, tokens, config)  # The live model, for evaluation and export.
+    stage_done("train")
 
     print(f"[3/5] evaluating on the held-out test scenes (beam {beam_size})", flush=True)
     result = evaluate.evaluate(
@@ -92,6 +102,7 @@ def demo(
         block_trigrams=block_trigrams,
         meteor=meteor,
     )
+    stage_done("evaluate")
 
     print("[4/5] exporting the SavedModel", flush=True)
     version_dir = export.export(
@@ -102,6 +113,7 @@ def demo(
         restored=trained,
         block_trigrams=block_trigrams,
     )
+    stage_done("export")
 
     print(f"[5/5] captioning the held-out original photos with {version_dir}", flush=True)
     scenes = sample_scenes.load_scenes(raw_dir)
@@ -111,6 +123,8 @@ def demo(
     served = served_figures(captions, result["rows"], scenes)
     show_captions(served_results, paths[:show], scenes, out_dir)
     summary = summarise(result["metrics"], served, config, beam_size, length_alpha)
+    stage_done("serve")
+    summary["stage_seconds"] = seconds
     summary["minutes"] = round((time.perf_counter() - started) / 60, 2)
     summary["export"] = version_dir
     with open(os.path.join(out_dir, "demo_metrics.json"), "w") as out:

@@ -73,4 +73,8 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line)["bleu4"] == summary["bleu4"]
     assert os.path.exists(os.path.join(summary["export"], "saved_model.pb"))
+    stages = summary["stage_seconds"]
+    assert list(stages) == ["sample_and_preprocess", "train", "evaluate", "export", "serve"]
+    assert all(value > 0 for value in stages.values())
+    assert sum(stages.values()) <= summary["minutes"] * 60 + 1
     assert len(os.listdir(tmp_path / "attention")) == 2

@@ -18,7 +18,7 @@ import pytest
 from conftest import fresh_process_json, tiny_config
 from PIL import Image, ImageDraw
 
-from preprocess import run
+from preprocess import run, transform
 from serving import export, predict
 from trainer import data, evaluate, job, train
 
@@ -159,12 +159,20 @@ def test_a_rotated_photo_is_served_as_its_upright_twin(job_without_data, photo_e
     """The SavedModel applies EXIF orientation as preprocess does: same caption, same score."""
     import tensorflow as tf
 
-    _, _, photos, _ = job_without_data
+    job_dir, _, photos, _ = job_without_data
     rotated = open(os.path.join(photos, "turned.jpg"), "rb").read()
+    size = job.read_config(job_dir)["identity"]["image_size"]
     with Image.open(io.BytesIO(rotated)) as image:
-        stored = np.asarray(tf.io.decode_jpeg(rotated))  # The frame as stored, not turned.
+        # The frame as stored, not turned, at the DCT scale the graph decodes it for `size`.
+        fits = [
+            scale
+            for scale in transform.DCT_SCALES
+            if min(image.size) >= transform.REDUCING_GAP * scale * size
+        ]
+        scale = max(fits, default=1)
+        stored = np.asarray(tf.io.decode_jpeg(rotated, ratio=scale))
         upright = Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270)
-        assert upright.size == (image.height, image.width)
+        assert upright.size == (-(-image.height // scale), -(-image.width // scale))
     buffer = io.BytesIO()
     upright.save(buffer, format="PNG")  # Lossless: exactly the upright pixels.
     serve = tf.saved_model.load(photo_export).signatures["serving_default"]

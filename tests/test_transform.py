@@ -131,3 +131,38 @@ def test_it_runs_inside_a_graph_on_a_batch():
         )
 
     assert preprocess(batch).shape == (2, 12, 12, 3)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_a_jpeg_decodes_as_tf_decode_image_does(mode):
+    pixels = np.random.default_rng(3).integers(0, 255, (40, 60, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    expected = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    np.testing.assert_array_equal(decode(data), expected)
+
+
+@pytest.mark.parametrize(
+    ("side", "image_size", "scale"),
+    [(64, 16, 2), (63, 16, 1), (128, 16, 4), (256, 16, 8), (512, 16, 8), (60, 64, 1)],
+)
+def test_a_large_jpeg_is_dct_downscaled_leaving_a_resize_of_at_least_half(side, image_size, scale):
+    """The shorter side decides: decoded at 1/scale where it stays ≥ 2 × the target."""
+    rng = np.random.default_rng(4)
+    data = jpeg(rng.integers(0, 255, (side, side + 20, 3), np.uint8))
+    decoded = transform.decode(tf.constant(data), image_size).numpy()
+    np.testing.assert_array_equal(decoded, tf.io.decode_jpeg(data, channels=3, ratio=scale))
+    expected = tf.image.resize(decoded, [image_size, image_size], antialias=True)
+    expected = tf.cast(tf.clip_by_value(tf.round(expected), 0, 255), tf.uint8)
+    got = transform.preprocess_image(tf.constant(data), image_size)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_downscaled_jpeg_is_still_turned_upright():
+    stored = np.random.default_rng(5).integers(0, 255, (64, 96, 3), np.uint8)
+    half = tf.io.decode_jpeg(jpeg(stored, 1), channels=3, ratio=2).numpy()
+    turned = transform.decode(tf.constant(jpeg(stored, 6)), 16).numpy()
+    assert turned.shape == (48, 32, 3)
+    expected = np.asarray(Image.fromarray(half).transpose(PILLOW_TRANSPOSE[6]))
+    np.testing.assert_array_equal(turned, expected)
