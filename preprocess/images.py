@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from preprocess import records
+from preprocess import quiet, records
 
 # Files kept byte for byte: formats and Pillow modes the graph's decoder reads as Pillow does
 # (tests check the pixels are equal).
@@ -120,8 +120,8 @@ def canonical_png(image: Image.Image) -> bytes:
 @functools.cache
 def _graph_decode():
     """The codecs of preprocess.transform.decode (TF's libjpeg and libpng; its EXIF reading
-    never fails) as one graph; TF is imported on first use only."""
-    import tensorflow as tf
+    never fails) as one graph; TF is imported (quietly) on first use only."""
+    tf = quiet.tensorflow()
 
     def decode(image_bytes):
         return tf.io.decode_image(image_bytes, expand_animations=False)
@@ -132,7 +132,7 @@ def _graph_decode():
 def _check_graph_decodes(data: bytes, name: str) -> None:
     """Bytes kept as they are must decode in the one image preprocessing: TF's libjpeg refuses
     some corrupt JPEGs that Pillow reads past, and such a record would stop training."""
-    import tensorflow as tf
+    tf = quiet.tensorflow()
 
     try:
         _graph_decode()(tf.constant(data))

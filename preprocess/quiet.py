@@ -36,17 +36,20 @@ def _native_stderr_to_devnull():
         os.close(devnull)
 
 
-def tensorflow() -> None:
-    """Import TensorFlow quietly, unless TF_CPP_MIN_LOG_LEVEL is set or it is imported already."""
-    if verbose() or LOG_LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules:
-        return
-    # C++ lines after start-up too (oneDNN fallbacks and the like): real failures still raise.
-    os.environ[LOG_LEVEL_VARIABLE] = "3"
-    with _native_stderr_to_devnull():
-        import tensorflow as tf
+def tensorflow():
+    """TensorFlow, imported quietly unless TF_CPP_MIN_LOG_LEVEL is set or it is imported already;
+    every lazy import of it goes through here."""
+    if not (verbose() or LOG_LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules):
+        # C++ lines after start-up too (oneDNN fallbacks and the like): real failures still raise.
+        os.environ[LOG_LEVEL_VARIABLE] = "3"
+        with _native_stderr_to_devnull():
+            import tensorflow as tf
 
-        tf.config.list_physical_devices()
-    tf.get_logger().setLevel(logging.ERROR)  # "Using MirroredStrategy with devices ..." etc.
+            tf.config.list_physical_devices()
+        tf.get_logger().setLevel(logging.ERROR)  # "Using MirroredStrategy with devices ..." etc.
+    import tensorflow as tf
+
+    return tf
 
 
 class _DropBeamImportNotice(logging.Filter):
@@ -54,6 +57,17 @@ class _DropBeamImportNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("apitools not found")
+
+
+HARNESS_LOG_LEVEL = "--default_sdk_harness_log_level"
+
+
+def beam_pipeline_args(pipeline_args: list[str]) -> list[str]:
+    """Beam's worker processes (`--direct_running_mode=multi_processing`, remote runners) log at
+    INFO from their own logging set-up; at ERROR unless verbose or the flag is given."""
+    if verbose() or any(arg.startswith(HARNESS_LOG_LEVEL) for arg in pipeline_args):
+        return pipeline_args
+    return [*pipeline_args, f"{HARNESS_LOG_LEVEL}=ERROR"]
 
 
 def beam() -> None:

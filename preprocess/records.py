@@ -9,6 +9,8 @@ import dataclasses
 import json
 import os
 
+from preprocess import quiet
+
 # 2: `image/encoded` holds the original file's bytes (JPEG or PNG), not a resized re-encoding.
 SCHEMA_VERSION = 2
 
@@ -139,7 +141,7 @@ def encode_example(
 
 def feature_spec() -> dict:
     """Reader-side spec for `tf.io.parse_example`: captions come back ragged [batch, None]."""
-    import tensorflow as tf
+    tf = quiet.tensorflow()
 
     return {
         IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string),
@@ -152,7 +154,7 @@ def feature_spec() -> dict:
 
 def decode_example(serialized: bytes) -> dict:
     """Python-side reading of one record, for tests and tools (not for input pipelines)."""
-    import tensorflow as tf
+    tf = quiet.tensorflow()
 
     example = tf.train.Example.FromString(serialized)
     feature = example.features.feature

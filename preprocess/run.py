@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from preprocess import pipeline, records, sample_data, sources, text
+from preprocess import pipeline, quiet, records, sample_data, sources, text
 
 FORMATS = ("auto",) + sources.FORMATS
 
@@ -218,7 +218,8 @@ def execute(config: pipeline.PreprocessConfig, pipeline_args: list[str]) -> dict
         config.fmt,
         config.images_dir,
     )
-    with beam.Pipeline(options=PipelineOptions(pipeline_args)) as beam_pipeline:
+    options = PipelineOptions(quiet.beam_pipeline_args(pipeline_args))
+    with beam.Pipeline(options=options) as beam_pipeline:
         pipeline.build(beam_pipeline, config)
     manifest_path = FileSystems.join(config.output_dir, records.MANIFEST_FILENAME)
     with FileSystems.open(manifest_path) as manifest_file:

@@ -8,6 +8,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from preprocess import quiet
+
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
 # Index = id: <pad> must be 0 so that padding masks out. Normalised words never contain
 # "<" or ">", so no caption word can collide with these (the original's "[start]" did).
@@ -64,7 +66,7 @@ def format_vocab(counts: dict[str, int]) -> str:
 
 def read_vocab(path: str, max_size: int | None = None) -> list[str]:
     """Reserved tokens then the most frequent words of `vocab.txt`, at most `max_size` in all."""
-    import tensorflow as tf  # gfile reads local paths and gs:// alike.
+    tf = quiet.tensorflow()  # gfile reads local paths and gs:// alike.
 
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(

@@ -25,6 +25,8 @@ def test_preprocess_train_export_predict_on_the_tiny_sample(tmp_path):
         tmp_path,
     )
     assert "Manifest:" in output and "train:" in output
+    # TensorFlow, imported lazily by the image checks, prints none of its start-up lines.
+    assert NATIVE_LINE not in output and "cuda" not in output.lower(), output
     manifest = json.loads((tmp_path / "data" / "sample_tfrecords" / "manifest.json").read_text())
     counts = manifest["counts"]
     assert counts["rows_read"] == 300

@@ -1,9 +1,13 @@
-"""CAPTIONER_VERBOSE=1 brings back TensorFlow's native start-up lines.
+"""CAPTIONER_VERBOSE=1 brings back TensorFlow's native start-up lines; Beam's worker processes
+log errors only unless told.
 
-That a command prints none of them, nor any library log line, by default is checked on a whole
-run (training, evaluation, export) of `serving.workflow` in tests/test_end_to_end.py."""
+That a command prints none of them, nor any library log line, by default is checked on the Beam
+job and a whole run (training, evaluation, export) of `serving.workflow` in
+tests/test_end_to_end.py."""
 
 from conftest import NATIVE_LINE, start_module
+
+from preprocess import quiet
 
 
 def test_captioner_verbose_brings_them_back(monkeypatch):
@@ -12,3 +16,13 @@ def test_captioner_verbose_brings_them_back(monkeypatch):
     output = process.communicate(timeout=300)[0]  # absl's --helpshort exits 1 after printing.
     assert NATIVE_LINE in output
     assert "--job_dir" in output  # The command's own output is all there.
+
+
+def test_beams_worker_processes_log_errors_only_unless_told(monkeypatch):
+    monkeypatch.delenv(quiet.VERBOSE_VARIABLE, raising=False)
+    given = ["--direct_running_mode=multi_processing"]
+    assert quiet.beam_pipeline_args(given) == [*given, "--default_sdk_harness_log_level=ERROR"]
+    chosen = [*given, "--default_sdk_harness_log_level=DEBUG"]
+    assert quiet.beam_pipeline_args(chosen) == chosen
+    monkeypatch.setenv(quiet.VERBOSE_VARIABLE, "1")
+    assert quiet.beam_pipeline_args(given) == given
