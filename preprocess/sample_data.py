@@ -31,6 +31,12 @@ CAPTIONS_PER_IMAGE = records.CAPTIONS_PER_IMAGE
 _HALF_EXTENT = {"small": 0.08, "large": 0.15}
 _GAP_FRACTION = 0.05
 _OBJECT_COUNT_WEIGHTS = (0.2, 0.4, 0.4)  # One, two, three objects.
+MAX_OBJECTS = len(_OBJECT_COUNT_WEIGHTS)
+# The longest caption the grammar says (normalised words): a sized phrase ("a large red square")
+# per object, the longest relation between the first two, "and" before each other one.
+MAX_CAPTION_WORDS = (
+    4 * MAX_OBJECTS + max(len(relation.split()) for relation in RELATIONS) + MAX_OBJECTS - 2
+)
 
 
 def _half_extent(size: str, width: int, height: int) -> int:
@@ -39,7 +45,7 @@ def _half_extent(size: str, width: int, height: int) -> int:
 
 def _random_scene(rng: np.random.Generator, width: int, height: int) -> list[dict]:
     """One to three objects, each a distinct (colour, shape), every pair clearly apart."""
-    count = int(rng.choice(3, p=_OBJECT_COUNT_WEIGHTS)) + 1
+    count = int(rng.choice(MAX_OBJECTS, p=_OBJECT_COUNT_WEIGHTS)) + 1
     kinds = rng.permutation(list(itertools.product(COLORS, SHAPES)))[:count]
     gap = round(_GAP_FRACTION * min(width, height))
     while True:  # Rejection sampling; a valid layout is found within a few tries.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import filecmp
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from preprocess import sample_data, text
 from preprocess import scenes as sample_scenes
+from trainer.config import RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +80,15 @@ def test_scenes_have_one_to_three_objects_of_every_kind(tmp_path):
     assert {obj["shape"] for obj in objects} == set(sample_scenes.SHAPES)
     assert len({obj["color"] for obj in objects}) >= 6
     assert {obj["size"] for obj in objects} == {"small", "large"}
+
+
+def test_no_caption_is_longer_than_the_grammars_longest_and_one_is_as_long():
+    """The demo's decoder unrolls MAX_CAPTION_WORDS + 2 steps: no caption may need more."""
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for _ in range(300):
+        objects = sample_data._random_scene(rng, 500, 375)
+        for caption in sample_data._candidate_captions(objects, rng):
+            lengths.add(len(text.normalize(caption).split()))
+    assert max(lengths) == sample_data.MAX_CAPTION_WORDS
+    assert RECIPES["demo"]["max_length"] == sample_data.MAX_CAPTION_WORDS + 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from preprocess import sample_data
 from trainer import model
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -100,6 +101,9 @@ RECIPES = {
         # epoch's.
         "dropout": 0.0,
         "keep_best": False,
+        # No longer than the grammar's longest caption with <start> and <end>: the decoder
+        # unrolls no step that only padding would fill, in training and in beam search.
+        "max_length": sample_data.MAX_CAPTION_WORDS + 2,
     },
     "flickr30k_gpus": {"strategy": "mirrored", "batch_size": 256},
 }
