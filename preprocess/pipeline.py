@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import posixpath
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam import pvalue
+from apache_beam import coders, pvalue
+from apache_beam.io import filebasedsink, tfrecordio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -23,13 +23,12 @@ from preprocess import images, records, sources, text
 
 CAPTION_MODES = ("first", "all")
 REJECTS_FILENAME = records.REJECTS_PREFIX + ".jsonl"
-# --num_shards values that are not counts. Sized sharding aims at shards of about
-# TARGET_SHARD_BYTES (the TFRecord guide suggests 10-100+ MB).
-SIZED_SHARDS, RUNNER_SHARDS = 0, -1
+# --num_shards=0 (SIZED_SHARDS, the default): each worker writes its bundles' records into files
+# of up to about TARGET_SHARD_BYTES (the TFRecord guide suggests 10-100+ MB), as they come, with
+# no shuffle; how many files depends on the runner and its workers. A count N > 0: exactly N per
+# split, the same files whatever the workers, after a shuffle of every record through the runner.
+SIZED_SHARDS = 0
 TARGET_SHARD_BYTES = 100 * 1024 * 1024
-# Records keep the original files: Flickr30k's images folder over its image count, for
-# estimating shard counts up front.
-_IMAGE_BYTES = 130 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +41,8 @@ class PreprocessConfig:
     fmt: str
     captions: str = "first"
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    num_shards: int = 0
+    num_shards: int = SIZED_SHARDS
+    shard_bytes: int = TARGET_SHARD_BYTES  # Under SIZED_SHARDS: a file is closed past this size.
     flags: dict = dataclasses.field(default_factory=dict)
 
 
@@ -131,35 +131,34 @@ def example_counts(example: dict) -> Iterator[tuple[str, int]]:
     yield f"splits/{split}/captions", captions
 
 
-def estimate_num_shards(config: PreprocessConfig) -> dict[str, int]:
-    """Shards per split: --num_shards, else an estimate of bytes / TARGET_SHARD_BYTES.
+class SizedTFRecordSink(filebasedsink.FileBasedSink):
+    """TFRecord files of a split, each closed once past `max_bytes`: a worker writes its bundles'
+    records as they come (no shuffle before the write), and the runner numbers the files."""
 
-    Beam needs the count when the graph is built, so it is estimated from the caption file.
-    0 for RUNNER_SHARDS: WriteToTFRecord then writes one shard per bundle, with no shuffle of
-    the encoded images before it (faster; BENCHMARKS.md, "preprocess_throughput").
-    """
-    if config.num_shards == RUNNER_SHARDS:
-        return dict.fromkeys(records.SPLITS, 0)
-    if config.num_shards > 0:
-        return {split: config.num_shards for split in records.SPLITS}
-    if config.fmt == "karpathy":
-        rows = sources.read_karpathy(config.captions_file)
-        images_per_split = {split: 0.0 for split in records.SPLITS}
-        for _, _, _, split in rows:
-            split = sources.KARPATHY_SPLITS.get(split)
-            if split:
-                images_per_split[split] += 1 / records.CAPTIONS_PER_IMAGE
-    else:
-        line_ranges = sources.line_ranges(config.captions_file)
-        lines = line_ranges[-1][3] if line_ranges else 0
-        images_per_split = {
-            split: lines / records.CAPTIONS_PER_IMAGE * fraction
-            for split, fraction in zip(records.SPLITS, config.split_fractions, strict=True)
-        }
-    return {
-        split: max(1, math.ceil(count * _IMAGE_BYTES / TARGET_SHARD_BYTES))
-        for split, count in images_per_split.items()
-    }
+    def __init__(self, file_path_prefix: str, max_bytes: int):
+        super().__init__(
+            file_path_prefix,
+            coder=coders.BytesCoder(),
+            file_name_suffix=records.SHARD_SUFFIX,
+            shard_name_template=records.SHARD_TEMPLATE,
+            max_bytes_per_shard=max_bytes,
+        )
+
+    def write_encoded_record(self, file_handle, value: bytes) -> None:
+        tfrecordio._TFRecordUtil.write_record(file_handle, value)  # WriteToTFRecord's framing.
+
+
+def write_split(config: PreprocessConfig, split: str) -> beam.PTransform:
+    """The write of one split's encoded records: sized files (the default) or --num_shards."""
+    prefix = records.shard_prefix(config.output_dir, split)
+    if config.num_shards == SIZED_SHARDS:
+        return beam.io.Write(SizedTFRecordSink(prefix, config.shard_bytes))
+    return beam.io.WriteToTFRecord(
+        prefix,
+        file_name_suffix=records.SHARD_SUFFIX,
+        num_shards=config.num_shards,
+        shard_name_template=records.SHARD_TEMPLATE,
+    )
 
 
 def write_vocab(counts: list[tuple[str, int]], output_dir: str) -> dict:
@@ -243,7 +242,6 @@ def build(pipeline: beam.Pipeline, config: PreprocessConfig) -> None:
     """Adds the whole preprocess job to `pipeline`; run it with `with pipeline:` or `.run()`."""
     if config.captions not in CAPTION_MODES:
         raise ValueError(f"--captions={config.captions}: expected one of {CAPTION_MODES}")
-    num_shards = estimate_num_shards(config)
 
     rows = pipeline | "ReadRows" >> sources.ReadRows(config.captions_file, config.fmt)
     parsed = sources.parse_rows(rows, config.fmt)
@@ -265,13 +263,7 @@ def build(pipeline: beam.Pipeline, config: PreprocessConfig) -> None:
         written.append(
             split_examples
             | f"Encode_{split}" >> beam.Map(encode)
-            | f"Write_{split}"
-            >> beam.io.WriteToTFRecord(
-                records.shard_prefix(config.output_dir, split),
-                file_name_suffix=records.SHARD_SUFFIX,
-                num_shards=num_shards[split],
-                shard_name_template=records.SHARD_TEMPLATE,
-            )
+            | f"Write_{split}" >> write_split(config, split)
         )
 
     vocab = (

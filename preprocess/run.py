@@ -68,10 +68,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--num_shards",
         type=int,
         default=0,
-        help=f"Shards per split; {pipeline.SIZED_SHARDS} sizes them to ~100 MB (the same files "
-        f"whatever the workers); {pipeline.RUNNER_SHARDS} lets the runner choose, one per bundle: "
-        "faster (the encoded images are not shuffled between workers before writing), but the "
-        "file count then depends on the runner and its workers.",
+        help=f"Shards per split. {pipeline.SIZED_SHARDS}: files of about "
+        f"{pipeline.TARGET_SHARD_BYTES // 2**20} MB, each worker writing its records as they come "
+        "(how many files depends on the runner and its workers). N: exactly N, the same files "
+        "whatever the workers, after a shuffle of every encoded image between workers (slower).",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace outputs in a non-empty --output_dir."
@@ -172,10 +172,10 @@ def make_config(argv: list[str] | None = None) -> tuple[pipeline.PreprocessConfi
             "--image_size: records keep each photo as it is (the one resize is in the graph); "
             "set the model's input size with python -m trainer.task --image_size=N"
         )
-    if known_args.num_shards < pipeline.RUNNER_SHARDS:
+    if known_args.num_shards < pipeline.SIZED_SHARDS:
         raise ValueError(
-            f"--num_shards={known_args.num_shards}: pass a count, {pipeline.SIZED_SHARDS} (about "
-            f"100 MB each) or {pipeline.RUNNER_SHARDS} (the runner chooses)"
+            f"--num_shards={known_args.num_shards}: pass a count, or {pipeline.SIZED_SHARDS} for "
+            f"files of about {pipeline.TARGET_SHARD_BYTES // 2**20} MB"
         )
     if known_args.sample_images < 1:
         raise ValueError(f"--sample_images={known_args.sample_images}: pass 1 or more")

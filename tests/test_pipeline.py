@@ -307,33 +307,29 @@ def test_karpathy_split_is_used_and_an_empty_split_still_gets_a_shard(raw_dir, t
     assert manifest["counts"]["rows_read"] == accounted(manifest) == 18
 
 
-def test_output_is_the_same_across_runs_and_worker_counts(raw_dir, first_run, tmp_path):
-    first_dir, first_manifest = first_run
-    manifest = run_job(
-        raw_dir,
-        str(tmp_path),
-        options=TWO_WORKERS,
-    )
-    assert manifest == first_manifest
-    assert split_contents(str(tmp_path)) == split_contents(first_dir)
+def test_a_shard_count_gives_the_same_files_across_runs_and_worker_counts(raw_dir, tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    manifest = run_job(raw_dir, one, num_shards=2)
+    assert run_job(raw_dir, two, options=TWO_WORKERS, num_shards=2) == manifest
+    assert split_contents(two) == split_contents(one)
+    for split in records.SPLITS:
+        assert len(assert_lists_its_shards(two, manifest, split)) == 2
 
 
-def test_runner_chosen_shards_hold_the_same_examples(raw_dir, first_run, tmp_path):
+def test_sized_shards_hold_the_same_examples_whatever_the_workers_and_close_past_the_size(
+    raw_dir, first_run, tmp_path
+):
     first_dir, first_manifest = first_run
-    manifest = run_job(
-        raw_dir,
-        str(tmp_path),
-        options=TWO_THREADS,
-        num_shards=pipeline.RUNNER_SHARDS,
-    )
+    assert first_manifest["splits"]["train"]["shards"] == 1  # A few KB: one file per split.
+    # Files closed past one byte: one record per file, written by two workers.
+    manifest = run_job(raw_dir, str(tmp_path), options=TWO_WORKERS, shard_bytes=1)
     assert split_contents(str(tmp_path)) == split_contents(first_dir)
     assert manifest["counts"] == first_manifest["counts"]
     for split in records.SPLITS:
-        assert_lists_its_shards(str(tmp_path), manifest, split)
-        assert manifest["splits"][split]["examples"] == first_manifest["splits"][split]["examples"]
-    # 0 is WriteToTFRecord's "the runner chooses" (here: one shard per worker's bundle).
-    config = pipeline.PreprocessConfig("c", "i", "o", "kaggle", num_shards=pipeline.RUNNER_SHARDS)
-    assert pipeline.estimate_num_shards(config) == dict.fromkeys(records.SPLITS, 0)
+        files = assert_lists_its_shards(str(tmp_path), manifest, split)
+        examples = manifest["splits"][split]["examples"]
+        assert examples == first_manifest["splits"][split]["examples"]
+        assert len(files) == max(examples, 1)
 
 
 def test_load_image_rejects_every_row_of_a_refused_image(tmp_path):
