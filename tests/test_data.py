@@ -181,3 +181,60 @@ def test_mirror_reads_the_cached_mirrored_features_with_the_swapped_caption(tmp_
         )
     )
     assert (plain["cnn_features"].numpy() == 0).all()
+
+
+def test_pad_to_bucket_keeps_the_steps_the_longest_caption_needs_rounded_up():
+    tokenizer = data.Tokenizer(TOKENS, max_length=12)
+    ids = tokenizer.encode(tf.constant(["a red square", "blue", "a"]))
+    batch = {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "image": tf.zeros([3, 2])}
+    for bucket, steps in [(1, 4), (3, 6), (4, 4), (8, 8), (20, 11)]:
+        cut = data.pad_to_bucket(bucket, batch)
+        assert cut["target_ids"].shape == (3, steps) == cut["input_ids"].shape, bucket
+        np.testing.assert_array_equal(cut["target_ids"], batch["target_ids"][:, :steps])
+        assert cut["image"] is batch["image"]
+    # Everything cut off is padding.
+    assert not np.any(batch["target_ids"][:, 4:])
+    assert list(tokenizer.lengths(tf.constant(["a red square", "", "a " * 20])).numpy()) == [
+        5,
+        2,
+        12,
+    ]
+
+
+def test_sorted_batches_hold_every_pair_once_each_of_like_length(tmp_path):
+    """Captions of 1 to 9 words over 30 images, 60 pairs in one window of batches of 8: each
+    batch holds captions of like length; the pairs are the drawn batches' pairs, each once."""
+    path = str(tmp_path / "train-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for index in range(30):
+            captions = [" ".join(["red"] * (1 + (index * 7 + k) % 9)) for k in range(2)]
+            writer.write(records.encode_example(_half_lit_jpeg(), f"{index}.png", 32, 32, captions))
+    tokenizer = data.Tokenizer(TOKENS, max_length=12)
+
+    def batches(**kwargs):
+        dataset = data.make_dataset(
+            [path], tokenizer, 8, IMAGES, caption_sampling="all", shuffle=True, **kwargs
+        )
+        return [(batch["target_ids"].numpy(), batch["image"].numpy()) for batch in dataset]
+
+    def pairs(of_batches):
+        return sorted(
+            (ids.tobytes(), image.tobytes()) for batch in of_batches for ids, image in zip(*batch)
+        )
+
+    drawn, by_length = batches(), batches(sort_by_length=True)
+    assert len(by_length) == len(drawn) == 8
+    assert pairs(by_length) == pairs(drawn)
+    ranges = sorted(
+        (lengths.min(), lengths.max())
+        for lengths in ((ids != text.PAD_ID).sum(1) for ids, _ in by_length)
+    )
+    # Sorted, then cut: no batch's lengths straddle another's.
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:]))
+    spans = [(ids != text.PAD_ID).sum(1) for ids, _ in drawn]
+    assert sum(s.max() - s.min() for s in spans) > sum(high - low for low, high in ranges)
+    # The same seed, the same batches; the batches' order is drawn, not shortest first.
+    again = batches(sort_by_length=True)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(again, by_length))
+    maxima = [ids.shape[1] - (ids == text.PAD_ID).all(0).sum() for ids, _ in by_length]
+    assert maxima != sorted(maxima)

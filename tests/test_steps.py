@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import small_model, tiny_config
 
-from trainer import distribute, steps
+from trainer import data, distribute, steps
 
 
 def a_batch(batch=8, steps=5, vocab=12, seed=3):
@@ -127,3 +127,15 @@ def test_cosine_schedule_decays_to_one_percent_over_the_given_steps(tiny_data, t
     np.testing.assert_allclose(rates, [0.02, 0.0101, 0.0002], rtol=1e-3)
     with pytest.raises(ValueError, match="--lr_schedule=linear"):
         steps.make_optimizer(tiny_config(tiny_data, tmp_path / "job", lr_schedule="linear"))
+
+
+def test_a_batch_cut_to_its_length_bucket_trains_as_the_whole_batch(default_step):
+    """Steps where every target is padding add nothing: cut off, the loss and update are the
+    same."""
+    weights, batch, default_loss, default_update = default_step
+    cut = data.pad_to_bucket(1, batch)
+    assert cut["target_ids"].shape == (8, 3) and cut["input_ids"].shape == (8, 3)
+    loss, update = one_step_update(tf.distribute.get_strategy(), weights, cut)
+    np.testing.assert_allclose(loss, default_loss, rtol=1e-5)
+    for change, default_change in zip(update, default_update):
+        np.testing.assert_allclose(change, default_change, rtol=1e-4, atol=1e-6)

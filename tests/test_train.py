@@ -163,3 +163,18 @@ def test_fine_tuning_that_cannot_run_is_refused_naming_the_fix(
             train.train(tiny_config(tiny_data, tmp_path / "job", epochs=2, **overrides))
     finally:
         distribute.select_precision("float32")
+
+
+def test_batches_sorted_by_length_train_alike_on_one_device_and_two_replicas(tiny_data, tmp_path):
+    """Every caption, pairs sorted by length and each batch cut to its bucket: two replicas end
+    where one device does."""
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs two logical CPU devices")
+    settings = dict(caption_sampling="all", length_bucket=2, max_length=12)
+    one = train.train(tiny_config(tiny_data, tmp_path / "one", **settings))
+    two = train.train(
+        tiny_config(tiny_data, tmp_path / "two", strategy="mirrored", cpu_devices=2, **settings)
+    )
+    assert one.metrics["step"] == two.metrics["step"] == 2 * 24 // 8  # 24 pairs, 2 epochs.
+    for a, b in zip(one.model.get_weights(), two.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -57,6 +57,10 @@ class TrainConfig:
     cache_features: bool = True
     caption_sampling: str = "all"
     mirror: bool = False  # Mirror half the training pairs left-right ("left" ↔ "right").
+    # With every caption: pairs sorted by caption length in windows of data.SORT_WINDOW_BATCHES
+    # batches, each batch padded to its longest caption rounded up to a multiple of this many
+    # decoder steps; 0: every batch padded to max_length, in drawn order.
+    length_bucket: int = 4
     attention_reg: float = 0.0
     dropout: float = 0.3  # On word embeddings and GRU outputs, in training only.
     label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.

@@ -21,6 +21,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 CAPTION_SAMPLING = ("first", "random", "all")
 # Words that trade places when an image is mirrored left-right.
 MIRROR_WORDS = (text.LEFT_RIGHT,)
+# With a length bucket (TrainConfig.length_bucket), every caption pair of a window of this many
+# training batches is sorted by length before it is cut into batches: each batch then holds
+# captions of like length, and pads only to its own longest.
+SORT_WINDOW_BATCHES = 8
 
 
 class DataError(ValueError):
@@ -80,11 +84,19 @@ class Tokenizer:
                 )
         return ids
 
+    def _words(self, captions: tf.Tensor) -> tf.RaggedTensor:
+        """Captions [B] → their words [B, None], as many as fit max_length."""
+        words = tf.strings.split(tf.reshape(tf.convert_to_tensor(captions, tf.string), [-1]))
+        return words[:, : self.max_length - 2]
+
+    def lengths(self, captions: tf.Tensor) -> tf.Tensor:
+        """Captions [B] → int32 [B]: the tokens `encode` gives each, <start> and <end> too."""
+        return tf.cast(self._words(captions).row_lengths(), tf.int32) + 2
+
     def encode(self, captions: tf.Tensor) -> tf.Tensor:
         """Captions [B] (or one, []) → int32 [B, max_length]: <start> words… <end> <pad>…"""
         captions = tf.convert_to_tensor(captions, tf.string)
-        words = tf.strings.split(tf.reshape(captions, [-1]))
-        word_ids = tf.ragged.map_flat_values(self.table.lookup, words)[:, : self.max_length - 2]
+        word_ids = tf.ragged.map_flat_values(self.table.lookup, self._words(captions))
         rows = word_ids.nrows()
         ids = tf.concat(
             [
@@ -255,6 +267,43 @@ def _pick_caption(
     return picked
 
 
+def _sorted_batches(
+    tokenizer: Tokenizer,
+    batch_size: int,
+    drop_remainder: bool,
+    seed: int,
+    index: tf.Tensor,
+    window: dict,
+) -> tf.data.Dataset:
+    """A window of pairs → its batches: pairs sorted by caption length, cut into batches, the
+    batches in an order drawn from (seed, window index)."""
+    order = tf.argsort(tokenizer.lengths(window["caption"]), stable=True)
+    full = tf.size(order) // batch_size
+    draws = tf.random.stateless_uniform([full], tf.stack([tf.cast(seed, tf.int64), index]))
+    blocks = tf.reshape(order[: full * batch_size], [full, batch_size])
+    rows = tf.concat(
+        [tf.reshape(tf.gather(blocks, tf.argsort(draws)), [-1]), order[full * batch_size :]], 0
+    )
+    sorted_window = tf.nest.map_structure(lambda values: tf.gather(values, rows), window)
+    return tf.data.Dataset.from_tensor_slices(sorted_window).batch(
+        batch_size, drop_remainder=drop_remainder
+    )
+
+
+def pad_to_bucket(bucket: int, batch: dict) -> dict:
+    """A batch's input and target ids cut to the decoder steps its longest caption needs,
+    rounded up to a multiple of `bucket` (at most all of them): steps of padding alone are not
+    run, and the train step sees few distinct lengths (XLA compiles one step per length)."""
+    steps = tf.shape(batch["target_ids"], out_type=tf.int32)[1]
+    needed = tf.reduce_max(tf.reduce_sum(tf.cast(batch["target_ids"] != text.PAD_ID, tf.int32), 1))
+    kept = tf.minimum(steps, -(-needed // bucket) * bucket)
+    return {
+        **batch,
+        "input_ids": batch["input_ids"][:, :kept],
+        "target_ids": batch["target_ids"][:, :kept],
+    }
+
+
 def make_dataset(
     files: list[str],
     tokenizer: Tokenizer,
@@ -268,6 +317,7 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     keep_references: bool = False,
     mirror: bool = False,
+    sort_by_length: bool = False,
 ) -> tf.data.Dataset:
     """Batches of {image | cnn_features, input_ids, target_ids} (+ filename, references).
 
@@ -275,7 +325,9 @@ def make_dataset(
     cache. `caption_sampling`: each image's first caption, one drawn at random, or every caption
     as its own pair. `keep_references` adds the filename and all captions ("\\n"-joined), for
     evaluation. `mirror`: each pair is mirrored left-right with probability 1/2, its caption's
-    "left" and "right" swapped to stay true.
+    "left" and "right" swapped to stay true. `sort_by_length` (with every caption): each batch
+    from a window of SORT_WINDOW_BATCHES batches' pairs sorted by caption length; cut its padding
+    with `pad_to_bucket`.
     """
     if caption_sampling not in CAPTION_SAMPLING:
         raise ValueError(f"--caption_sampling={caption_sampling}: choose {CAPTION_SAMPLING}")
@@ -288,7 +340,13 @@ def make_dataset(
         every = as_graph(functools.partial(_every_caption, spec, source, mirror))
         parse = as_graph(lambda serialized, draw: (_parse(serialized, spec), draw))
         dataset = dataset.map(parse, AUTOTUNE).flat_map(every)
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).map(to_inputs, AUTOTUNE)
+        if sort_by_length:
+            cut = functools.partial(_sorted_batches, tokenizer, batch_size, drop_remainder, seed)
+            dataset = dataset.batch(batch_size * SORT_WINDOW_BATCHES).enumerate()
+            dataset = dataset.flat_map(as_graph(cut))
+        else:
+            dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(to_inputs, AUTOTUNE)
     else:
         # Everything but the file reads and the shuffle runs once per batch: parse, pick a
         # caption, decode, tokenise. Per-element draws keep caption choices deterministic.

@@ -107,6 +107,15 @@ def _define_input_flags() -> None:
         list(data.CAPTION_SAMPLING),
         "Which caption of an example trains: first, one at random, or all.",
     )
+    flags.DEFINE_integer(
+        "length_bucket",
+        defaults.length_bucket,
+        "With --caption_sampling=all: training pairs sorted by caption length in windows of "
+        f"{data.SORT_WINDOW_BATCHES} batches, each batch padded only to its longest caption, "
+        "rounded up to a multiple of N decoder steps (XLA compiles one train step per length); "
+        "0: every batch padded to --max_length.",
+        lower_bound=0,
+    )
     _define_data_service_flags()
     flags.DEFINE_bool(
         "mirror",

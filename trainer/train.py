@@ -19,6 +19,7 @@ back for evaluation and export.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -519,6 +520,7 @@ def _distributed(run, epoch, files, shuffle: bool, drop: bool, per_image=False, 
     workers as the job of that name."""
     config = run.config
     sampling = config.caption_sampling if shuffle and not per_image else "first"
+    bucket = config.length_bucket if sampling == "all" else 0
 
     def dataset_fn(input_context=None):
         batch = config.batch_size
@@ -535,6 +537,7 @@ def _distributed(run, epoch, files, shuffle: bool, drop: bool, per_image=False, 
             drop_remainder=drop and not service_job,
             mirror=config.mirror and shuffle and not per_image,
             keep_references=per_image,
+            sort_by_length=bucket > 0,
         )
 
     dataset = dataset_fn()
@@ -542,6 +545,8 @@ def _distributed(run, epoch, files, shuffle: bool, drop: bool, per_image=False, 
         dataset = data_service.distribute(
             dataset, config.data_service, service_job, config.batch_size, drop
         )
+    if bucket:
+        dataset = dataset.map(functools.partial(data.pad_to_bucket, bucket), tf.data.AUTOTUNE)
     # The global batch is split across replicas in order: the same global batch gives the same
     # gradient on one device or many.
     return run.strategy.experimental_distribute_dataset(dataset)
