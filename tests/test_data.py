@@ -215,11 +215,16 @@ def test_sorted_batches_hold_every_pair_once_each_of_like_length(tmp_path):
         dataset = data.make_dataset(
             [path], tokenizer, 8, IMAGES, caption_sampling="all", shuffle=True, **kwargs
         )
-        return [(batch["target_ids"].numpy(), batch["image"].numpy()) for batch in dataset]
+        return [
+            (batch["target_ids"].numpy(), batch["image"].numpy(), batch.get(data.TOKEN_SHARE))
+            for batch in dataset
+        ]
 
     def pairs(of_batches):
         return sorted(
-            (ids.tobytes(), image.tobytes()) for batch in of_batches for ids, image in zip(*batch)
+            (ids.tobytes(), image.tobytes())
+            for ids_batch, images, _ in of_batches
+            for ids, image in zip(ids_batch, images)
         )
 
     drawn, by_length = batches(), batches(sort_by_length=True)
@@ -227,14 +232,19 @@ def test_sorted_batches_hold_every_pair_once_each_of_like_length(tmp_path):
     assert pairs(by_length) == pairs(drawn)
     ranges = sorted(
         (lengths.min(), lengths.max())
-        for lengths in ((ids != text.PAD_ID).sum(1) for ids, _ in by_length)
+        for lengths in ((ids != text.PAD_ID).sum(1) for ids, _, _ in by_length)
     )
     # Sorted, then cut: no batch's lengths straddle another's.
     assert all(high <= next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:]))
-    spans = [(ids != text.PAD_ID).sum(1) for ids, _ in drawn]
+    spans = [(ids != text.PAD_ID).sum(1) for ids, _, _ in drawn]
     assert sum(s.max() - s.min() for s in spans) > sum(high - low for low, high in ranges)
     # The same seed, the same batches; the batches' order is drawn, not shortest first.
     again = batches(sort_by_length=True)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(again, by_length))
-    maxima = [ids.shape[1] - (ids == text.PAD_ID).all(0).sum() for ids, _ in by_length]
+    maxima = [ids.shape[1] - (ids == text.PAD_ID).all(0).sum() for ids, _, _ in by_length]
     assert maxima != sorted(maxima)
+    # Every pair stands for the window's mean target tokens: here, all 60 pairs'.
+    target_tokens = sum((ids != text.PAD_ID).sum() for ids, _, _ in drawn)
+    assert drawn[0][2] is None
+    for _, _, share in by_length:
+        np.testing.assert_allclose(share.numpy(), target_tokens / 60, rtol=1e-6)

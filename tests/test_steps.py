@@ -139,3 +139,15 @@ def test_a_batch_cut_to_its_length_bucket_trains_as_the_whole_batch(default_step
     np.testing.assert_allclose(loss, default_loss, rtol=1e-5)
     for change, default_change in zip(update, default_update):
         np.testing.assert_allclose(change, default_change, rtol=1e-4, atol=1e-6)
+
+
+def test_a_sorted_batch_divides_by_the_tokens_its_pairs_stand_for(default_step):
+    """data.TOKEN_SHARE replaces the batch's own token count as the divisor: shares summing to
+    twice the count halve the update; the reported loss stays per target token."""
+    weights, batch, default_loss, default_update = default_step
+    tokens = float(np.sum(batch["target_ids"] != 0))
+    shared = {**batch, data.TOKEN_SHARE: tf.fill([8], 2 * tokens / 8)}
+    loss, update = one_step_update(tf.distribute.get_strategy(), weights, shared)
+    np.testing.assert_allclose(loss, default_loss, rtol=1e-5)
+    for change, default_change in zip(update, default_update):
+        np.testing.assert_allclose(change, default_change / 2, rtol=1e-4, atol=1e-6)

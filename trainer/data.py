@@ -25,6 +25,7 @@ MIRROR_WORDS = (text.LEFT_RIGHT,)
 # training batches is sorted by length before it is cut into batches: each batch then holds
 # captions of like length, and pads only to its own longest.
 SORT_WINDOW_BATCHES = 8
+TOKEN_SHARE = "token_share"  # Of sorted batches: per pair, the target tokens it stands for.
 
 
 class DataError(ValueError):
@@ -216,7 +217,7 @@ def _to_inputs(tokenizer: Tokenizer, source: Source, batch: dict) -> dict:
         ids = tf.where(mirrored[:, None], tokenizer.mirror(ids), ids)
     inputs = source.inputs(batch["source"], mirrored)
     inputs.update(input_ids=ids[:, :-1], target_ids=ids[:, 1:])
-    for key in ("filename", "references"):
+    for key in ("filename", "references", TOKEN_SHARE):
         if key in batch:
             inputs[key] = batch[key]
     return inputs
@@ -276,8 +277,16 @@ def _sorted_batches(
     window: dict,
 ) -> tf.data.Dataset:
     """A window of pairs → its batches: pairs sorted by caption length, cut into batches, the
-    batches in an order drawn from (seed, window index)."""
-    order = tf.argsort(tokenizer.lengths(window["caption"]), stable=True)
+    batches in an order drawn from (seed, window index). Each pair carries the window's mean
+    count of target tokens (TOKEN_SHARE), which the train step divides by instead of a batch's
+    own count: a batch of short captions weighs each token as a batch of long ones does, as in
+    drawn batches."""
+    lengths = tokenizer.lengths(window["caption"])
+    window = {
+        **window,
+        TOKEN_SHARE: tf.fill(tf.shape(lengths), tf.reduce_mean(tf.cast(lengths - 1, tf.float32))),
+    }
+    order = tf.argsort(lengths, stable=True)
     full = tf.size(order) // batch_size
     draws = tf.random.stateless_uniform([full], tf.stack([tf.cast(seed, tf.int64), index]))
     blocks = tf.reshape(order[: full * batch_size], [full, batch_size])
@@ -361,4 +370,8 @@ def make_dataset(
     # Files are sharded above when there are enough; otherwise each worker reads all files and
     # the distributed iterator splits batches.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # Off: deleting an epoch's iterator, as each epoch ends, waits for the autotuner's thread to
+    # wake from its sleep, which grows towards a minute as the iterator ages (BENCHMARKS.md, "make
+    # demo"). AUTOTUNE parallelism then stays at its start: the cores, up to 16.
+    options.autotune.enabled = False
     return dataset.with_options(options).prefetch(AUTOTUNE)

@@ -1,8 +1,9 @@
 """The optimizer, the learning-rate schedule and the step functions of the one training loop.
 
 Each replica differentiates its summed loss; a step sums gradients and token counts over replicas
-and divides by the global count of non-<pad> tokens, so an update equals the single-device update
-on the same global batch however the batch is split.
+and divides by the global count of non-<pad> tokens (of batches sorted by length: the tokens their
+pairs stand for, data.TOKEN_SHARE), so an update equals the single-device update on the same
+global batch however the batch is split.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from preprocess import text
-from trainer import decoding, scst
+from trainer import data, decoding, scst
 from trainer.config import LR_SCHEDULES, TrainConfig
 from trainer.model import Captioner, masked_loss_sum
 
@@ -74,8 +75,8 @@ def make_step_functions(
     `optimizer` the rest.
 
     Each replica differentiates its summed loss; the step sums gradients and token counts over
-    replicas and divides by the GLOBAL count of non-<pad> tokens, so the update equals the
-    single-device update on the same global batch, however the batch is split.
+    replicas and divides by the GLOBAL count of non-<pad> tokens (or of data.TOKEN_SHARE), so the
+    update equals the single-device update on the same global batch, however the batch is split.
     """
 
     def forward(batch: dict, training: bool):
@@ -96,9 +97,13 @@ def make_step_functions(
 
     def replica_gradients(batch: dict):
         loss_sum, tokens, correct, gradients = local_gradients(batch)
+        # Batches sorted by length divide by the tokens their pairs stand for (data.TOKEN_SHARE).
+        share = tf.reduce_sum(batch[data.TOKEN_SHARE]) if data.TOKEN_SHARE in batch else tokens
         context = tf.distribute.get_replica_context()
-        loss_sum, tokens, correct = context.all_reduce("SUM", [loss_sum, tokens, correct])
-        factor = global_batch_size / tokens
+        loss_sum, tokens, correct, share = context.all_reduce(
+            "SUM", [loss_sum, tokens, correct, share]
+        )
+        factor = global_batch_size / share
         gradients = [g * tf.cast(factor, g.dtype) for g in context.all_reduce("SUM", gradients)]
         return loss_sum / tokens, correct / tokens, gradients
 
