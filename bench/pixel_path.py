@@ -8,7 +8,9 @@ PNG/JPEG switch, the DCT-domain downscale of a large JPEG, EXIF orientation, alp
 `transform.preprocess_image` (that + the resize), at Flickr sizes (`--photo_width` ×
 `--photo_height` drawn JPEGs, or the first `--images` JPEGs of `--images_dir`, e.g. real Flickr
 photos) to 224 px and to the demo's 64 px. A part's share is its time per image over the whole
-path's; the EXIF walk is also timed alone.
+path's; the EXIF walk is also timed alone. `ratio_if_resized`: the ratio were the same decode
+followed by a bilinear resize without antialiasing, or by nearest-neighbour (the cheapest resize
+TF has): what no choice of resize can pass.
 value: images/s of `transform.preprocess_image` to 224 px; baseline: bare decode_jpeg's;
 ratio = value / baseline (the per-core ratio trainer.data's pipeline cannot beat).
 Figures are each part's best of `--rounds` interleaved rounds. The last line printed is one
@@ -50,6 +52,10 @@ def graph_loop(part):
     return run_all
 
 
+def _rounded(pixels: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+
+
 def rate(run_all, images: tf.Tensor, seconds: float) -> float:
     """Images/s of `run_all` over `images`, repeated for about `seconds`."""
     count, started = 0, time.perf_counter()
@@ -88,6 +94,13 @@ def main() -> None:
         "decode_64": lambda jpeg: transform.decode(jpeg, 64),
         "to_224": lambda jpeg: transform.preprocess_image(jpeg, 224),
         "to_64": lambda jpeg: transform.preprocess_image(jpeg, 64),
+        # Other resizes after the same decode, to bound what any resize could reach.
+        "to_224_bilinear": lambda jpeg: _rounded(
+            tf.image.resize(transform.decode(jpeg, 224), [224, 224], antialias=False)
+        ),
+        "to_224_nearest": lambda jpeg: tf.image.resize(
+            transform.decode(jpeg, 224), [224, 224], method="nearest"
+        ),
     }
     loops = {name: graph_loop(part) for name, part in parts.items()}
     for run_all in loops.values():  # Trace and warm up.
@@ -114,6 +127,10 @@ def main() -> None:
             "baseline": round(best["decode_jpeg"], 2),
             "ratio": round(best["to_224"] / best["decode_jpeg"], 4),
             "ratio_64": round(best["to_64"] / best["decode_jpeg"], 4),
+            "ratio_if_resized": {
+                method: round(best[f"to_224_{method}"] / best["decode_jpeg"], 4)
+                for method in ("bilinear", "nearest")
+            },
             "ms_per_image": {name: round(value, 3) for name, value in ms.items()},
             "shares": shares,
             "photos": source,

@@ -10,10 +10,13 @@ the checker that says whether a caption is true of its scene). Every command run
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import logging
+import multiprocessing
 import os
+from concurrent import futures
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -26,6 +29,8 @@ IMAGES_SUBDIR = "flickr30k_images"
 CAPTIONS_FILENAME = "results.csv"
 SCENES_FILENAME = scenes.SCENES_FILENAME
 CAPTIONS_PER_IMAGE = records.CAPTIONS_PER_IMAGE
+# Below this many images per process, starting one costs more than it draws.
+MIN_IMAGES_PER_WORKER = 500
 
 # Half-extent of a shape and the clear gap between shapes, as fractions of the shorter side.
 _HALF_EXTENT = {"small": 0.08, "large": 0.15}
@@ -133,19 +138,12 @@ def scene_captions(objects: list[dict], rng: np.random.Generator) -> list[str]:
     return [caption[0].upper() + caption[1:] + " ." for caption in chosen]
 
 
-def generate(
-    output_dir: str, num_images: int, width: int = 500, height: int = 375, seed: int = 0
-) -> None:
-    """Write `num_images` scene_table in the Kaggle Flickr30k layout under `output_dir`."""
-    if num_images < 1:
-        raise ValueError(f"--num_images={num_images}: pass at least 1")
-    if min(width, height) < 32:
-        raise ValueError(f"--width={width} --height={height}: shapes need at least 32 pixels")
-    images_dir = os.path.join(output_dir, IMAGES_SUBDIR)
-    os.makedirs(images_dir, exist_ok=True)
-    rows = [sources.KAGGLE_HEADER]
-    scene_table = {}
-    for index in range(num_images):
+def _write_scenes(
+    images_dir: str, indices: range, width: int, height: int, seed: int
+) -> tuple[list[str], dict]:
+    """Draw and save the scenes of `indices`: their caption rows and scene table entries."""
+    rows, table = [], {}
+    for index in indices:
         # One generator per image: an image depends only on (seed, index).
         rng = np.random.default_rng([seed, index])
         filename = f"{1000000 + index}.jpg"
@@ -153,7 +151,44 @@ def generate(
         _draw(objects, rng, width, height).save(os.path.join(images_dir, filename), quality=90)
         for number, caption in enumerate(scene_captions(objects, rng)):
             rows.append(f"{filename}| {number}| {caption}")
-        scene_table[filename] = {"objects": objects, "width": width, "height": height}
+        table[filename] = {"objects": objects, "width": width, "height": height}
+    return rows, table
+
+
+def generate(
+    output_dir: str,
+    num_images: int,
+    width: int = 500,
+    height: int = 375,
+    seed: int = 0,
+    workers: int | None = None,
+) -> None:
+    """Write `num_images` scenes in the Kaggle Flickr30k layout under `output_dir`, drawn by
+    `workers` processes (None: one per core, fewer for a small set); the files are the same
+    whatever the count."""
+    if num_images < 1:
+        raise ValueError(f"--num_images={num_images}: pass at least 1")
+    if min(width, height) < 32:
+        raise ValueError(f"--width={width} --height={height}: shapes need at least 32 pixels")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers={workers}: pass at least 1")
+    images_dir = os.path.join(output_dir, IMAGES_SUBDIR)
+    os.makedirs(images_dir, exist_ok=True)
+    if workers is None:
+        workers = max(1, min(os.cpu_count() or 1, num_images // MIN_IMAGES_PER_WORKER))
+    # Chunks several times the workers keep them busy to the end; map keeps their order.
+    edges = np.linspace(0, num_images, min(num_images, 4 * workers) + 1).astype(int)
+    chunks = [range(start, stop) for start, stop in zip(edges[:-1], edges[1:])]
+    draw = functools.partial(_write_scenes, images_dir, width=width, height=height, seed=seed)
+    if workers == 1:
+        results = list(map(draw, chunks))
+    else:
+        # Spawned, not forked: the caller may hold TensorFlow's threads (serving.demo does).
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            results = list(pool.map(draw, chunks))
+    rows = [sources.KAGGLE_HEADER] + [row for chunk_rows, _ in results for row in chunk_rows]
+    scene_table = {name: scene for _, table in results for name, scene in table.items()}
     with open(os.path.join(output_dir, CAPTIONS_FILENAME), "w", encoding="utf-8") as csv_file:
         csv_file.write("\n".join(rows) + "\n")
     with open(os.path.join(output_dir, SCENES_FILENAME), "w", encoding="utf-8") as scenes_file:
@@ -167,8 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=500, help="Image width in pixels.")
     parser.add_argument("--height", type=int, default=375, help="Image height in pixels.")
     parser.add_argument("--seed", type=int, default=0, help="Same seed, same data set.")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Processes drawing scenes (default: one per core, fewer for a small set); "
+        "the files are the same whatever the count.",
+    )
     args = parser.parse_args(argv)
-    generate(args.output_dir, args.num_images, args.width, args.height, args.seed)
+    generate(args.output_dir, args.num_images, args.width, args.height, args.seed, args.workers)
     logging.info("Wrote %d images and captions to %s", args.num_images, args.output_dir)
 
 

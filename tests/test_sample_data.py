@@ -59,6 +59,27 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path, sample_dir):
         assert filecmp.cmp(*paths, shallow=False), name
 
 
+def test_processes_draw_the_same_files_as_one(tmp_path, sample_dir):
+    two = str(tmp_path / "two")
+    sample_data.generate(two, num_images=30, width=120, height=90, seed=3, workers=2)
+    for name in (sample_data.CAPTIONS_FILENAME, sample_data.SCENES_FILENAME):
+        assert filecmp.cmp(os.path.join(sample_dir, name), os.path.join(two, name), shallow=False)
+    images = sorted(os.listdir(os.path.join(sample_dir, sample_data.IMAGES_SUBDIR)))
+    assert sorted(os.listdir(os.path.join(two, sample_data.IMAGES_SUBDIR))) == images
+    match, mismatch, errors = filecmp.cmpfiles(
+        os.path.join(sample_dir, sample_data.IMAGES_SUBDIR),
+        os.path.join(two, sample_data.IMAGES_SUBDIR),
+        images,
+        shallow=False,
+    )
+    assert (len(match), mismatch, errors) == (30, [], [])
+
+
+def test_a_worker_count_below_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--workers=0"):
+        sample_data.generate(str(tmp_path), num_images=3, workers=0)
+
+
 def test_every_caption_is_true_of_its_scene_and_false_of_a_recoloured_one(sample_dir):
     scenes = sample_scenes.load_scenes(sample_dir)
     colours = list(sample_scenes.COLORS)
