@@ -14,6 +14,8 @@ tf.function while_loop with parallel_iterations=1. Figure and baseline are timed
 resized_records: the same pipeline on shards of the same pictures already at 224² (records that
 a resizing preprocess would write), per core, and both kinds' mean bytes per image: what keeping
 the originals costs.
+without_pixels_per_core: the same pipeline with the pixel work left out (zeros for images: read,
+shuffle, parse, tokenise, batch); pixel_share: the pixels' share of the pipeline's time.
 train_step_ratio: the pipeline's total images/s ÷ the captions/s of the trainer's train_step
 (bench/train_step.py's measure_train_step: original sizes, jit_compile on, cached features, best
 of 3 rounds of `--train_step_seconds`/3, in the same process after the pipeline).
@@ -23,6 +25,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -80,13 +83,27 @@ def as_png(jpegs: list[bytes]) -> list[bytes]:
     return [tf.io.encode_png(tf.io.decode_jpeg(jpeg)).numpy() for jpeg in jpegs]
 
 
+@dataclasses.dataclass(frozen=True)
+class NoPixels(data.Images):
+    """The image source with the pixel work left out: zeros where the photos would be."""
+
+    def inputs(self, sources: tf.Tensor, mirrored: tf.Tensor | None) -> dict:
+        del mirrored
+        size = self.image_size
+        return {"image": tf.zeros([tf.shape(sources)[0], size, size, 3], tf.uint8)}
+
+
 def pipeline_rate(
-    files: list[str], tokenizer: data.Tokenizer, batch: int, passes: int, skip: int
+    files: list[str],
+    tokenizer: data.Tokenizer,
+    batch: int,
+    passes: int,
+    skip: int,
+    source: data.Images | None = None,
 ) -> tuple[float, int]:
     """(images/s, images timed) of make_dataset over `passes` passes, first `skip` batches out."""
-    dataset = data.make_dataset(
-        files * passes, tokenizer, batch, data.Images(IMAGE_SIZE), shuffle=True
-    )
+    source = source or data.Images(IMAGE_SIZE)
+    dataset = data.make_dataset(files * passes, tokenizer, batch, source, shuffle=True)
     images, started = 0, None
     for index, element in enumerate(dataset):
         if index == skip:
@@ -159,7 +176,7 @@ def main() -> None:
     bare = BareDecode(jpegs)
     # Interleaved rounds: another process's load hits figure and baseline alike; each is its
     # best round (the least disturbed), medians reported too.
-    rates = {"pipeline": [], "eager": [], "graph": [], "resized": []}
+    rates = {"pipeline": [], "eager": [], "graph": [], "resized": [], "no_pixels": []}
     timed_images = 0
     with tempfile.TemporaryDirectory() as work_dir:
         files = write_shards(work_dir, jpegs, args.shards)
@@ -174,6 +191,11 @@ def main() -> None:
             rates["pipeline"].append(rate)
             rates["resized"].append(
                 pipeline_rate(resized_files, tokenizer, args.batch, passes, args.skip)[0]
+            )
+            rates["no_pixels"].append(
+                pipeline_rate(
+                    files, tokenizer, args.batch, passes, args.skip, NoPixels(IMAGE_SIZE)
+                )[0]
             )
             timed_images += images
             rates["eager"].append(bare.eager(args.decode_seconds / args.rounds / 2))
@@ -214,6 +236,9 @@ def main() -> None:
             # have to store for serving to see the same pixels).
             "mean_png_bytes": int(np.mean([len(png) for png in as_png(resized[:64])])),
         },
+        # Read, shuffle, parse, tokenise and batch alone, and the pixels' share of the time.
+        without_pixels_per_core=round(max(rates["no_pixels"]) / cores, 2),
+        pixel_share=round(1 - pipeline / max(rates["no_pixels"]), 3),
         photo_size=f"{args.photo_width}x{args.photo_height}",
         images=args.images,
         shards=args.shards,

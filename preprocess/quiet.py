@@ -16,10 +16,20 @@ import sys
 
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 VERBOSE_VARIABLE = "CAPTIONER_VERBOSE"
+# Set beside TF_CPP_MIN_LOG_LEVEL when `tensorflow()` sets it: a child process inherits both (a
+# spawned worker re-imports its parent's main module) and knows the level is this module's, not
+# the user's, so it silences TensorFlow's start-up lines too.
+QUIETED_VARIABLE = "CAPTIONER_QUIETED_TF"
 
 
 def verbose() -> bool:
     return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
+
+
+def _logs_asked_for() -> bool:
+    """CAPTIONER_VERBOSE, or a TF_CPP_MIN_LOG_LEVEL that this module did not set."""
+    ours = os.environ.get(QUIETED_VARIABLE) == "1"
+    return verbose() or (LOG_LEVEL_VARIABLE in os.environ and not ours)
 
 
 @contextlib.contextmanager
@@ -39,9 +49,10 @@ def _native_stderr_to_devnull():
 def tensorflow():
     """TensorFlow, imported quietly unless TF_CPP_MIN_LOG_LEVEL is set or it is imported already;
     every lazy import of it goes through here."""
-    if not (verbose() or LOG_LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules):
+    if not (_logs_asked_for() or "tensorflow" in sys.modules):
         # C++ lines after start-up too (oneDNN fallbacks and the like): real failures still raise.
         os.environ[LOG_LEVEL_VARIABLE] = "3"
+        os.environ[QUIETED_VARIABLE] = "1"
         with _native_stderr_to_devnull():
             import tensorflow as tf
 
