@@ -67,7 +67,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num_shards",
         type=int,
-        default=0,
+        default=pipeline.SIZED_SHARDS,
         help=f"Shards per split. {pipeline.SIZED_SHARDS}: files of about "
         f"{pipeline.TARGET_SHARD_BYTES // 2**20} MB, each worker writing its records as they come "
         "(how many files depends on the runner and its workers). N: exactly N, the same files "
