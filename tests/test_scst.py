@@ -137,10 +137,13 @@ def test_fine_tuning_then_scst_epochs_train_log_reward_and_resume(
 
     monkeypatch.setattr(train.Run, "train_encoder", recording_switch)
     job_dir = tmp_path / "job"
-    settings = dict(epochs=2, fine_tune_after=1, scst_epochs=2, scst_samples=2)
+    settings = dict(epochs=2, fine_tune_after=1, scst_epochs=2, scst_samples=2, keep_best=True)
     first = train.train(tiny_config(tiny_data, job_dir, max_steps=7, **settings))
     assert first.metrics["step"] == 7  # Cross-entropy's 6 steps and one self-critical step.
     output = capsys.readouterr().out
+    # The kept cross-entropy epoch's val captions: what self-critical epochs must beat.
+    to_beat = [json.loads(line) for line in output.splitlines() if line.startswith('{"step": 6,')]
+    assert to_beat and np.isfinite(to_beat[0]["val_cider_d"])
     assert output.count("fine-tuning: the encoder trains") == 1
     assert output.count("caching train encoder features") == 2  # The frozen, the tuned one.
     tuned = encoder_weights(first.model)
@@ -153,7 +156,8 @@ def test_fine_tuning_then_scst_epochs_train_log_reward_and_resume(
     for path in statistics:  # Frozen BatchNorm keeps its statistics.
         np.testing.assert_array_equal(at_fine_tuning[path], tuned[path])
 
-    resumed = train.train(tiny_config(tiny_data, job_dir, **settings)).metrics
+    trained = train.train(tiny_config(tiny_data, job_dir, **settings))
+    resumed = trained.metrics
     assert resumed["step"] == 6 + 2 * 3
     assert "fine-tuning" not in capsys.readouterr().out  # Resumed in the self-critical phase.
     scst_epochs = [record for record in resumed["history"] if "scst_epoch" in record]
@@ -167,7 +171,14 @@ def test_fine_tuning_then_scst_epochs_train_log_reward_and_resume(
     assert {"scst_reward", "cider_d"} <= tags
     written = json.loads((job_dir / "config.json").read_text())
     assert written["flags"]["scst_epochs"] == 2
-    # What evaluation and export read: the tuned encoder (self-critical epochs keep it frozen).
+    # Kept: the epoch of the highest val CIDEr-D, the kept cross-entropy epoch's included.
+    kept = json.loads((job_dir / "best" / "best.json").read_text())
+    scores = [to_beat[0]["val_cider_d"]] + [record["val_cider_d"] for record in scst_epochs]
+    assert kept["val_cider_d"] == max(scores)
+    # What evaluation and export read, and what the run returns: the kept model, whose encoder
+    # is the tuned one (self-critical epochs keep it frozen).
     restored, _, _ = train.restore(str(job_dir))
+    for returned, read in zip(trained.model.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(returned, read)
     for path, value in encoder_weights(restored).items():
         np.testing.assert_array_equal(value, tuned[path])

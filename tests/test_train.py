@@ -67,20 +67,34 @@ def test_resumed_run_ends_equal_to_an_uninterrupted_one_and_keeps_the_same_best_
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_best_epoch_is_a_whole_cross_entropy_epoch(tmp_path):
+def test_best_epoch_is_a_whole_epoch_by_val_loss_then_by_val_cider(tmp_path):
     model = keras.Sequential([keras.layers.Dense(1)])
     model.build((None, 1))
     best = train.BestEpoch(str(tmp_path), model, chief=True)
+    # 3 steps per cross-entropy epoch, 2 per self-critical one; cross-entropy ends at step 6.
+    phases = train.Phases(3, 6, 2, 10)
 
-    def kept_step():
-        return json.loads((tmp_path / "best" / "best.json").read_text())["step"]
+    def kept():
+        return json.loads((tmp_path / "best" / "best.json").read_text())
 
-    best.offer({"epoch": 1, "step": 3, "val_loss": 2.0}, steps_per_epoch=3)
-    best.offer({"epoch": 2, "step": 5, "val_loss": 1.0}, steps_per_epoch=3)  # --max_steps=5.
-    best.offer({"scst_epoch": 1, "step": 6, "val_loss": 0.5}, steps_per_epoch=3)
-    assert kept_step() == 3
-    best.offer({"epoch": 2, "step": 6, "val_loss": 1.5}, steps_per_epoch=3)
-    assert kept_step() == 6
+    best.offer({"epoch": 1, "step": 3, "val_loss": 2.0}, phases)
+    best.offer({"epoch": 2, "step": 5, "val_loss": 1.0}, phases)  # --max_steps=5.
+    assert kept()["step"] == 3
+    best.offer({"epoch": 2, "step": 6, "val_loss": 1.5}, phases)
+    assert kept()["step"] == 6
+    best.to_beat(0.4)  # The kept cross-entropy epoch's val CIDEr-D.
+    assert kept()["step"] == 6 and kept()["val_cider_d"] == 0.4
+    # Self-critical epochs by CIDEr-D alone: a lower loss does not count, a higher score does.
+    best.offer({"scst_epoch": 1, "step": 8, "val_loss": 0.5, "val_cider_d": 0.3}, phases)
+    assert kept()["step"] == 6
+    best.offer({"scst_epoch": 2, "step": 9, "val_loss": 2.0, "val_cider_d": 0.6}, phases)  # Cut.
+    assert kept()["step"] == 6
+    best.offer({"scst_epoch": 2, "step": 10, "val_loss": 2.0, "val_cider_d": 0.5}, phases)
+    assert kept()["step"] == 10
+    resumed = train.BestEpoch(str(tmp_path), model, chief=True)
+    resumed.to_beat(0.9)  # A resumed run keeps what it had to beat.
+    resumed.offer({"scst_epoch": 3, "step": 12, "val_cider_d": 0.45}, phases)
+    assert kept()["step"] == 10 and kept()["val_cider_d"] == 0.5
 
 
 def test_missing_data_dir_names_the_fix(tmp_path):

@@ -64,7 +64,9 @@ class TrainConfig:
     attention_reg: float = 0.0
     dropout: float = 0.3  # On word embeddings and GRU outputs, in training only.
     label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.
-    keep_best: bool = True  # Evaluate and export the epoch of the lowest validation loss.
+    # Evaluate and export the cross-entropy epoch of the lowest validation loss; after
+    # self-critical epochs, whichever of it and them scores the highest val CIDEr-D.
+    keep_best: bool = True
     # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
     # samples per image, the reward's baseline ("greedy" or "mean"), the learning rate and the
     # sampling temperature (the policy is softmax(logits / temperature)).

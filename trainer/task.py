@@ -149,7 +149,9 @@ def _define_regularisation_flags() -> None:
     flags.DEFINE_bool(
         "keep_best",
         defaults.keep_best,
-        "Evaluate and export the epoch of the lowest validation loss (JOB_DIR/best), not the last.",
+        "Evaluate and export the cross-entropy epoch of the lowest validation loss (JOB_DIR/best), "
+        "not the last; after self-critical epochs, whichever of it and them gives the val "
+        "images' greedy captions the highest CIDEr-D.",
     )
 
 

@@ -115,11 +115,15 @@ def train(config: TrainConfig) -> Trained:
                 best.restore()
             if config.scst_epochs:
                 steps.reset_moments(optimizer)  # Self-critical gradients are of another scale.
+                if best:  # The self-critical epochs must beat it by its val captions' CIDEr-D.
+                    best.to_beat(validate_cider(run, current))
         if current >= phases.end:
             break
         history.append(_epoch(run, phases, current))
         if best:
-            best.offer(history[-1], phases.cross_entropy_epoch)
+            best.offer(history[-1], phases)
+    if best and int(step.numpy()) > phases.cross_entropy_steps:
+        best.restore()  # The kept self-critical epoch, or cross-entropy's if none beat it.
     if not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
 
@@ -633,6 +637,15 @@ def evaluate_loss(eval_step, distributed_dataset) -> dict:
     return {"loss": loss_sum / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0)}
 
 
+def validate_cider(run: Run, current: int) -> float:
+    """The val images' greedy captions' CIDEr-D (`val_cider`) at step `current`, logged."""
+    score = val_cider(run, *run.cider_judge())
+    with run.writers["val"].as_default(step=current):
+        tf.summary.scalar("cider_d", score)
+    print(json.dumps({"step": current, "val_cider_d": score}), flush=True)
+    return score
+
+
 def val_cider(run: Run, scorer, greedy_ids) -> float:
     """Mean CIDEr-D (training document frequencies) of the val images' greedy captions."""
     token_ids = {token: index for index, token in enumerate(run.tokenizer.tokens)}
@@ -668,10 +681,13 @@ def sample_captions(run: Run) -> list[str]:
 
 
 class BestEpoch:
-    """--keep_best: the model of the whole epoch with the lowest validation loss, in JOB_DIR/best.
+    """--keep_best: the model evaluation and export read, in JOB_DIR/best. Of the cross-entropy
+    epochs, the one with the lowest validation loss; after self-critical epochs, whichever of it
+    and them gives the val images' greedy captions the highest CIDEr-D (training document
+    frequencies: what the self-critical reward is).
 
-    Training goes on from the latest checkpoint; evaluation and export read this one. (Choosing
-    by the val captions' CIDEr-D instead was measured: BENCHMARKS.md, "Real photos".)
+    Training goes on from the latest checkpoint. (Choosing cross-entropy epochs by the val
+    captions' CIDEr-D instead was measured: BENCHMARKS.md, "Real photos".)
     """
 
     def __init__(self, job_dir: str, model: Captioner, chief: bool):
@@ -679,29 +695,48 @@ class BestEpoch:
         if not chief:  # Every worker writes (collective ops); the chief's copy lasts.
             directory = tempfile.mkdtemp(prefix="best-")
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, 1)
-        self.record = os.path.join(directory, "best.json")
-        self.val_loss = float("inf")
-        if tf.io.gfile.exists(self.record):  # A resumed run keeps the best so far.
-            with tf.io.gfile.GFile(self.record) as record:
-                self.val_loss = json.load(record)["val_loss"]
+        self.path = os.path.join(directory, "best.json")
+        self.kept = {}  # The kept epoch's record; a resumed run keeps the best so far.
+        if tf.io.gfile.exists(self.path):
+            with tf.io.gfile.GFile(self.path) as record:
+                self.kept = json.load(record)
 
-    def offer(self, epoch_record: dict, steps_per_epoch: int) -> None:
-        """Keep the epoch if it is the best so far: whole cross-entropy epochs only, not one that
-        --max_steps cut short, nor a self-critical one."""
-        if epoch_record.get("epoch", 0) * steps_per_epoch != epoch_record["step"]:
+    def offer(self, epoch_record: dict, phases: Phases) -> None:
+        """Keep the epoch if it is the best so far; only whole epochs, not one that --max_steps
+        cut short."""
+        if "scst_epoch" in epoch_record:
+            steps_in = epoch_record["scst_epoch"] * phases.self_critical_epoch
+            whole = phases.cross_entropy_steps + steps_in == epoch_record["step"]
+            score = epoch_record.get("val_cider_d", float("nan"))
+            if whole and score > self.kept.get("val_cider_d", -math.inf):
+                self._keep(epoch_record)
+            return
+        if epoch_record["epoch"] * phases.cross_entropy_epoch != epoch_record["step"]:
             return
         if "val_loss" not in epoch_record:
             raise data.DataError("--keep_best needs a val split to choose by; it is empty")
-        if epoch_record["val_loss"] < self.val_loss:
-            self.val_loss = epoch_record["val_loss"]
-            self.manager.save(checkpoint_number=epoch_record["step"])
-            with tf.io.gfile.GFile(self.record, "w") as record:
-                json.dump(epoch_record, record)
+        if epoch_record["val_loss"] < self.kept.get("val_loss", math.inf):
+            self._keep(epoch_record)
+
+    def to_beat(self, val_cider_d: float) -> None:
+        """Cross-entropy is over: the self-critical epochs are judged against its kept epoch's
+        val CIDEr-D."""
+        if "val_cider_d" not in self.kept:
+            self.kept["val_cider_d"] = val_cider_d
+            self._write()
+
+    def _keep(self, epoch_record: dict) -> None:
+        self.kept = dict(epoch_record)
+        self.manager.save(checkpoint_number=epoch_record["step"])
+        self._write()
+
+    def _write(self) -> None:
+        with tf.io.gfile.GFile(self.path, "w") as record:
+            json.dump(self.kept, record)
 
     def restore(self) -> None:
         self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
-        with tf.io.gfile.GFile(self.record) as record:
-            print(f"kept the best epoch: {record.read().strip()}", flush=True)
+        print(f"kept the best epoch: {json.dumps(self.kept)}", flush=True)
 
 
 # Reading a job dir back.
@@ -716,9 +751,7 @@ def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     written = job.read_config(job_dir)
     job.identity_of(job_dir, IDENTITY_KEYS)
     config = TrainConfig(**{**written["flags"], "encoder_weights": "none"})  # The checkpoint's.
-    # After self-critical training the last checkpoint is the model; before it, the best epoch.
-    best = config.keep_best and not config.scst_epochs
-    kept = job.best_dir(job_dir) if best else job.checkpoint_dir(job_dir)
+    kept = job.best_dir(job_dir) if config.keep_best else job.checkpoint_dir(job_dir)
     latest = tf.train.latest_checkpoint(kept)
     if not latest:
         raise FileNotFoundError(f"--job_dir={job_dir}: no checkpoint in {kept}")
