@@ -8,9 +8,11 @@ splits with the evaluation's beam search and with greedy decoding.
     python bench/self_critical.py --images_dir=../shared/realflickr/flickr30k_images \\
         --captions_file=../shared/realflickr/dataset_flickr30k.json --work_dir=bench_out/scst
 
-value: the self-critical model's CIDEr-D on val and test together (beam search); baseline: the
-cross-entropy model's; ratio = value / baseline; greedy_ratio: the same, both decoded greedily;
-test_ratio: the test photos alone (val chose the recipe and the kept epochs, so it flatters).
+One pair of models per `--seeds` seed (one recipe's models differ from run to run, so one pair
+says little). value: the self-critical models' CIDEr-D on val and test
+together (beam search), the mean over seeds; baseline: the cross-entropy models'; ratio = value /
+baseline; greedy_ratio: the same, all decoded greedily; test_ratio: the test photos alone (val
+chose the recipe and the kept epochs, so it flatters).
 The last line printed is one JSON object.
 """
 
@@ -55,9 +57,9 @@ def scored(config: train.TrainConfig) -> dict:
     }
 
 
-def self_critical(base: train.TrainConfig, work_dir: str, args) -> train.TrainConfig:
+def self_critical(base: train.TrainConfig, args) -> train.TrainConfig:
     """The trained cross-entropy job dir copied, then trained on self-critically."""
-    copy = os.path.join(work_dir, "self_critical")
+    copy = base.job_dir + "_self_critical"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(base.job_dir, copy)
     config = dataclasses.replace(
@@ -75,41 +77,61 @@ def self_critical(base: train.TrainConfig, work_dir: str, args) -> train.TrainCo
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    base = real_photos.recipe(args.images_dir, args.captions_file, args.work_dir, "cross_entropy")
-    train.train(base)  # Goes on from a job dir of an earlier run, if any.
-    tuned = self_critical(base, args.work_dir, args)
-    figures = {"cross_entropy": scored(base), "self_critical": scored(tuned)}
-    with tf.io.gfile.GFile(os.path.join(job.best_dir(tuned.job_dir), "best.json")) as record:
+    runs = []
+    for seed in args.seeds:
+        job = f"cross_entropy_seed{seed}"
+        base = real_photos.recipe(args.images_dir, args.captions_file, args.work_dir, job)
+        base = dataclasses.replace(base, seed=seed)
+        train.train(base)  # Goes on from a job dir of an earlier run, if any.
+        tuned = self_critical(base, args)
+        figures = {"cross_entropy": scored(base), "self_critical": scored(tuned)}
+        runs.append(seed_summary(seed, figures, tuned.job_dir))
+    return report(summary(runs, args, time.perf_counter() - started))
+
+
+def seed_summary(seed: int, figures: dict, job_dir: str) -> dict:
+    """One seed's figures: val+test CIDEr-D per model and decoding, test's, the kept epoch."""
+    with tf.io.gfile.GFile(os.path.join(job.best_dir(job_dir), "best.json")) as record:
         kept = json.load(record)
-    return report(summary(figures, kept, args, time.perf_counter() - started))
-
-
-def summary(figures: dict, kept: dict, args, seconds: float) -> dict:
-    pooled = {
-        name: {
-            decoding: real_photos.pooled_cider(figures[name][decoding]) for decoding in DECODINGS
-        }
-        for name in figures
-    }
-    test = {name: figures[name]["beam"]["test"]["coco_cider"] for name in figures}
     return {
-        "bench": "self_critical",
-        "value": round(pooled["self_critical"]["beam"], 4),
-        "unit": f"CIDEr-D, val+test, beam {decoding.BEAM_SIZE}",
-        "baseline": round(pooled["cross_entropy"]["beam"], 4),
-        "ratio": round(pooled["self_critical"]["beam"] / pooled["cross_entropy"]["beam"], 3),
-        "greedy_ratio": round(
-            pooled["self_critical"]["greedy"] / pooled["cross_entropy"]["greedy"], 3
-        ),
-        "test_ratio": round(test["self_critical"] / test["cross_entropy"], 3),
+        "seed": seed,
         "cider_val_test": {
-            name: {d: round(v, 4) for d, v in p.items()} for name, p in pooled.items()
+            name: {d: round(real_photos.pooled_cider(figures[name][d]), 4) for d in DECODINGS}
+            for name in figures
         },
+        "test": {name: round(figures[name]["beam"]["test"]["coco_cider"], 4) for name in figures},
         "scores": {
             name: {d: real_photos.both_splits(figures[name][d]) for d in DECODINGS}
             for name in figures
         },
         "kept": {key: kept[key] for key in ("epoch", "scst_epoch", "val_cider_d") if key in kept},
+    }
+
+
+def summary(runs: list[dict], args, seconds: float) -> dict:
+    def mean(name: str, decoding_name: str) -> float:
+        return sum(r["cider_val_test"][name][decoding_name] for r in runs) / len(runs)
+
+    def test_mean(name: str) -> float:
+        return sum(r["test"][name] for r in runs) / len(runs)
+
+    return {
+        "bench": "self_critical",
+        "value": round(mean("self_critical", "beam"), 4),
+        "unit": f"CIDEr-D, val+test, beam {decoding.BEAM_SIZE}, mean of {len(runs)} seeds",
+        "baseline": round(mean("cross_entropy", "beam"), 4),
+        "ratio": round(mean("self_critical", "beam") / mean("cross_entropy", "beam"), 3),
+        "greedy_ratio": round(mean("self_critical", "greedy") / mean("cross_entropy", "greedy"), 3),
+        "test_ratio": round(test_mean("self_critical") / test_mean("cross_entropy"), 3),
+        "seed_ratios": [
+            round(
+                r["cider_val_test"]["self_critical"]["beam"]
+                / r["cider_val_test"]["cross_entropy"]["beam"],
+                3,
+            )
+            for r in runs
+        ],
+        "runs": runs,
         "scst_epochs": args.scst_epochs,
         "scst_samples": args.scst_samples,
         "minutes": round(seconds / 60, 1),
@@ -125,6 +147,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default="bench_out/self_critical")
     parser.add_argument("--scst_epochs", type=int, default=5)
     parser.add_argument("--scst_samples", type=int, default=5)
+    parser.add_argument(
+        "--seeds",
+        type=lambda value: [int(seed) for seed in value.split(",")],
+        default=[0, 1, 2],
+        help="Comma-separated seeds: one cross-entropy model and its self-critical copy each.",
+    )
     args = parser.parse_args(argv)
     if not tf.io.gfile.exists(args.captions_file):
         parser.error(f"--captions_file={args.captions_file}: not found")
