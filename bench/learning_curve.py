@@ -106,12 +106,7 @@ def main(argv=None) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images_dir", default=os.path.join(real_photos.REAL, "flickr30k_images"))
-    parser.add_argument(
-        "--captions_file", default=os.path.join(real_photos.REAL, "dataset_flickr30k.json")
-    )
-    parser.add_argument("--work_dir", default="bench_out/learning_curve")
+    parser = real_photos.photo_parser(__doc__.splitlines()[0], "bench_out/learning_curve")
     parser.add_argument(
         "--shares",
         type=lambda value: [float(share) for share in value.split(",")],
@@ -119,9 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Comma-separated shares of the train photos, each in (0, 1].",
     )
     parser.add_argument("--seed", type=int, default=0, help="Draws which photos each share keeps.")
-    args = parser.parse_args(argv)
-    if not tf.io.gfile.exists(args.captions_file):
-        parser.error(f"--captions_file={args.captions_file}: not found")
+    args = real_photos.parse_photo_args(parser, argv)
     if not all(0 < share <= 1 for share in args.shares):
         parser.error(f"--shares={args.shares}: each must lie in (0, 1]")
     return args

@@ -175,17 +175,28 @@ def summary(scored: dict, equal: float, seconds: float) -> dict:
     }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def photo_parser(description: str, work_dir: str) -> argparse.ArgumentParser:
+    """A real-photo bench's parser: the photos' folder, their caption file, its work dir."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--images_dir", default=os.path.join(REAL, "flickr30k_images"))
     parser.add_argument("--captions_file", default=os.path.join(REAL, "dataset_flickr30k.json"))
-    parser.add_argument("--work_dir", default="bench_out/real_photos")
-    parser.add_argument("--epochs", type=int, default=0, help="Ours; 0: trainer.task's default.")
-    parser.add_argument("--tutorial_epochs", type=int, default=15)
+    parser.add_argument("--work_dir", default=work_dir)
+    return parser
+
+
+def parse_photo_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser`'s arguments; a missing caption file is refused, named."""
     args = parser.parse_args(argv)
     if not tf.io.gfile.exists(args.captions_file):
         parser.error(f"--captions_file={args.captions_file}: not found")
     return args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = photo_parser(__doc__.splitlines()[0], "bench_out/real_photos")
+    parser.add_argument("--epochs", type=int, default=0, help="Ours; 0: trainer.task's default.")
+    parser.add_argument("--tutorial_epochs", type=int, default=15)
+    return parse_photo_args(parser, argv)
 
 
 if __name__ == "__main__":

@@ -139,12 +139,7 @@ def summary(runs: list[dict], args, seconds: float) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images_dir", default=os.path.join(real_photos.REAL, "flickr30k_images"))
-    parser.add_argument(
-        "--captions_file", default=os.path.join(real_photos.REAL, "dataset_flickr30k.json")
-    )
-    parser.add_argument("--work_dir", default="bench_out/self_critical")
+    parser = real_photos.photo_parser(__doc__.splitlines()[0], "bench_out/self_critical")
     parser.add_argument("--scst_epochs", type=int, default=5)
     parser.add_argument("--scst_samples", type=int, default=5)
     parser.add_argument(
@@ -153,9 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[0, 1, 2],
         help="Comma-separated seeds: one cross-entropy model and its self-critical copy each.",
     )
-    args = parser.parse_args(argv)
-    if not tf.io.gfile.exists(args.captions_file):
-        parser.error(f"--captions_file={args.captions_file}: not found")
+    args = real_photos.parse_photo_args(parser, argv)
     if args.scst_epochs < 1:
         parser.error(f"--scst_epochs={args.scst_epochs}: self-critical epochs must be 1 or more")
     return args
