@@ -65,7 +65,7 @@ class TrainConfig:
     dropout: float = 0.3  # On word embeddings and GRU outputs, in training only.
     label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.
     # Evaluate and export the cross-entropy epoch of the lowest validation loss; after
-    # self-critical epochs, whichever of it and them scores the highest val CIDEr-D.
+    # self-critical epochs, whichever of it and them scores the highest val CIDEr-D (beam search).
     keep_best: bool = True
     # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
     # samples per image, the reward's baseline ("greedy" or "mean"), the learning rate and the

@@ -151,7 +151,7 @@ def _define_regularisation_flags() -> None:
         defaults.keep_best,
         "Evaluate and export the cross-entropy epoch of the lowest validation loss (JOB_DIR/best), "
         "not the last; after self-critical epochs, whichever of it and them gives the val "
-        "images' greedy captions the highest CIDEr-D.",
+        "images' captions (beam search, as evaluated) the highest CIDEr-D.",
     )
 
 

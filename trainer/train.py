@@ -401,20 +401,21 @@ class Run:
         self._cross_entropy_steps = self._val_batches = None
 
     def cider_judge(self):
-        """(CIDEr-D scorer with the training captions' document frequencies, greedy captioner
-        of a batch): what scores the val images' captions, made once."""
+        """(CIDEr-D scorer with the training captions' document frequencies, captioner of a
+        batch decoding as evaluation and export do by default: beam search): what scores the val
+        images' captions, made once."""
         if self._cider_judge is None:
             config, vocab = self.config, tf.constant(self.tokenizer.tokens)
             references = scst.training_references(self.train_files, self.tokenizer, self.source)
 
             @tf.function(autograph=False)
-            def greedy_ids(batch):
+            def caption_ids(batch):
                 features = batch.get("cnn_features")
                 if features is None:
                     features = self.model.encode(batch["image"])
-                return decoding.greedy(self.model, features, vocab, config.max_length)["token_ids"]
+                return decoding.caption(self.model, features, vocab, config.max_length)["token_ids"]
 
-            self._cider_judge = cider.CiderD(references), greedy_ids
+            self._cider_judge = cider.CiderD(references), caption_ids
         return self._cider_judge
 
     def self_critical_step(self):
@@ -608,7 +609,7 @@ def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> No
 
 def validate(run: Run, current: int, self_critical: bool = False) -> dict:
     """Validation loss and token accuracy (with sample captions; after a self-critical epoch,
-    the greedy captions' CIDEr-D too), as `val_*` keys."""
+    the captions' CIDEr-D too), as `val_*` keys."""
     if not run.val_files:
         return {}
     _, eval_step = run.cross_entropy_steps()
@@ -638,7 +639,7 @@ def evaluate_loss(eval_step, distributed_dataset) -> dict:
 
 
 def validate_cider(run: Run, current: int) -> float:
-    """The val images' greedy captions' CIDEr-D (`val_cider`) at step `current`, logged."""
+    """The val images' captions' CIDEr-D (`val_cider`) at step `current`, logged."""
     score = val_cider(run, *run.cider_judge())
     with run.writers["val"].as_default(step=current):
         tf.summary.scalar("cider_d", score)
@@ -646,14 +647,15 @@ def validate_cider(run: Run, current: int) -> float:
     return score
 
 
-def val_cider(run: Run, scorer, greedy_ids) -> float:
-    """Mean CIDEr-D (training document frequencies) of the val images' greedy captions."""
+def val_cider(run: Run, scorer, caption_ids) -> float:
+    """Mean CIDEr-D (training document frequencies) of the val images' captions, decoded as
+    evaluation and export decode by default."""
     token_ids = {token: index for index, token in enumerate(run.tokenizer.tokens)}
     dataset = data.make_dataset(run.val_files, run.tokenizer, 64, run.source, keep_references=True)
     scores = []
     for batch in dataset:
         inputs = {key: batch[key] for key in ("cnn_features", "image") if key in batch}
-        candidates = cider.ids_until_end(greedy_ids(inputs).numpy(), text.END_ID, text.PAD_ID)
+        candidates = cider.ids_until_end(caption_ids(inputs).numpy(), text.END_ID, text.PAD_ID)
         references = [scst.reference_ids(refs, token_ids) for refs in batch["references"].numpy()]
         scores.extend(scorer.scores(candidates, references))
     return float(np.mean(scores)) if scores else float("nan")
@@ -683,8 +685,9 @@ def sample_captions(run: Run) -> list[str]:
 class BestEpoch:
     """--keep_best: the model evaluation and export read, in JOB_DIR/best. Of the cross-entropy
     epochs, the one with the lowest validation loss; after self-critical epochs, whichever of it
-    and them gives the val images' greedy captions the highest CIDEr-D (training document
-    frequencies: what the self-critical reward is).
+    and them gives the val images' captions the highest CIDEr-D (training document frequencies,
+    the reward's scorer), decoded as evaluation and export decode by default: beam search, on
+    which self-critical training can lose while greedy captions gain (BENCHMARKS.md).
 
     Training goes on from the latest checkpoint. (Choosing cross-entropy epochs by the val
     captions' CIDEr-D instead was measured: BENCHMARKS.md, "Real photos".)
