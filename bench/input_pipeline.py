@@ -36,7 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from preprocess import quiet  # noqa: E402
+
+tf = quiet.tensorflow()  # Library logs quiet, as the commands have them.
 from serving_throughput import draw_jpegs  # noqa: E402
 
 from bench._report import report  # noqa: E402

@@ -28,7 +28,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import tensorflow as tf  # noqa: E402
+from preprocess import quiet  # noqa: E402
+
+tf = quiet.tensorflow()  # Library logs quiet, as the commands have them.
 from serving_throughput import draw_jpegs  # noqa: E402
 
 from bench._report import report  # noqa: E402

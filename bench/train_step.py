@@ -36,9 +36,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from preprocess import quiet  # noqa: E402
+
+tf = quiet.tensorflow()  # Library logs quiet, as the commands have them.
+
+import keras  # noqa: E402
 
 from bench._report import report  # noqa: E402
 from preprocess import text  # noqa: E402
