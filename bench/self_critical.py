@@ -3,16 +3,18 @@ run: the real-photo recipe (`trainer.task`'s defaults, Lite0's ImageNet features
 of its job dir goes on for `--scst_epochs` self-critical epochs (`--scst_temperature=0.5`, the
 mean of the image's other samples as baseline), `--keep_best` choosing among them and the kept
 cross-entropy epoch by the val captions' CIDEr-D. Both models are scored on the val and test
-splits with the evaluation's beam search and with greedy decoding.
+splits (val alone where the test split is empty, as for ../shared/flickr8k:
+`real_photos.scored_splits`) with the evaluation's beam search and with greedy decoding.
 
-    python bench/self_critical.py --images_dir=../shared/realflickr/flickr30k_images \\
-        --captions_file=../shared/realflickr/dataset_flickr30k.json --work_dir=bench_out/scst
+    python bench/self_critical.py --images_dir=../shared/flickr8k/Images \\
+        --captions_file=../shared/flickr8k/dataset_flickr8k.json --work_dir=bench_out/scst
 
 One pair of models per `--seeds` seed (one recipe's models differ from run to run, so one pair
-says little). value: the self-critical models' CIDEr-D on val and test
-together (beam search), the mean over seeds; baseline: the cross-entropy models'; ratio = value /
-baseline; greedy_ratio: the same, all decoded greedily; test_ratio: the test photos alone (val
-chose the recipe and the kept epochs, so it flatters).
+says little). value: the self-critical models' CIDEr-D on the scored splits together (beam
+search), the mean over seeds; baseline: the cross-entropy models'; ratio = value / baseline;
+greedy_ratio: the same, all decoded greedily; test_ratio (where test holds photos): the test
+photos alone (val chose the recipe and the kept epochs, so it flatters; with val alone, every
+figure is of the photos that chose).
 The last line printed is one JSON object.
 """
 
@@ -42,6 +44,7 @@ DECODINGS = {"beam": decoding.BEAM_SIZE, "greedy": 1}
 def scored(config: train.TrainConfig) -> dict:
     """{decoding: {split: metrics}} of the model the job dir keeps."""
     restored = train.restore(config.job_dir)
+    splits = real_photos.scored_splits(config.data_dir)
     return {
         name: {
             split: evaluate.evaluate(
@@ -53,7 +56,7 @@ def scored(config: train.TrainConfig) -> dict:
                 restored=restored,
                 meteor=False,
             )["metrics"]
-            for split in real_photos.SPLITS
+            for split in splits
         }
         for name, beam_size in DECODINGS.items()
     }
@@ -92,52 +95,68 @@ def main(argv=None) -> dict:
 
 
 def seed_summary(seed: int, figures: dict, job_dir: str) -> dict:
-    """One seed's figures: val+test CIDEr-D per model and decoding, test's, the kept epoch."""
+    """One seed's figures: the scored splits' pooled CIDEr-D per model and decoding, test's
+    (where scored), the kept epoch."""
     with tf.io.gfile.GFile(os.path.join(job.best_dir(job_dir), "best.json")) as record:
         kept = json.load(record)
-    return {
+    line = {
         "seed": seed,
-        "cider_val_test": {
+        "pooled_cider": {
             name: {d: round(real_photos.pooled_cider(figures[name][d]), 4) for d in DECODINGS}
             for name in figures
         },
-        "test": {name: round(figures[name]["beam"]["test"]["coco_cider"], 4) for name in figures},
         "scores": {
-            name: {d: real_photos.both_splits(figures[name][d]) for d in DECODINGS}
+            name: {d: real_photos.per_split(figures[name][d]) for d in DECODINGS}
             for name in figures
         },
         "kept": {key: kept[key] for key in ("epoch", "scst_epoch", "val_cider_d") if key in kept},
     }
+    if "test" in figures["cross_entropy"]["beam"]:
+        line["test"] = {
+            name: round(figures[name]["beam"]["test"]["coco_cider"], 4) for name in figures
+        }
+    return line
 
 
 def summary(runs: list[dict], args, seconds: float) -> dict:
     def mean(name: str, decoding_name: str) -> float:
-        return sum(r["cider_val_test"][name][decoding_name] for r in runs) / len(runs)
+        return sum(r["pooled_cider"][name][decoding_name] for r in runs) / len(runs)
 
     def test_mean(name: str) -> float:
         return sum(r["test"][name] for r in runs) / len(runs)
 
-    return {
+    scored = runs[0]["scores"]["cross_entropy"]["beam"]
+    splits = [split for split in real_photos.EVAL_SPLITS if split in scored]
+    line = {
         "bench": "self_critical",
         "value": round(mean("self_critical", "beam"), 4),
-        "unit": f"CIDEr-D, val+test, beam {decoding.BEAM_SIZE}, mean of {len(runs)} seeds",
+        "unit": (
+            f"CIDEr-D, {'+'.join(splits)}, beam {decoding.BEAM_SIZE}, mean of {len(runs)} seeds"
+        ),
         "baseline": round(mean("cross_entropy", "beam"), 4),
         "ratio": round(mean("self_critical", "beam") / mean("cross_entropy", "beam"), 3),
         "greedy_ratio": round(mean("self_critical", "greedy") / mean("cross_entropy", "greedy"), 3),
-        "test_ratio": round(test_mean("self_critical") / test_mean("cross_entropy"), 3),
-        "seed_ratios": [
-            round(
-                r["cider_val_test"]["self_critical"]["beam"]
-                / r["cider_val_test"]["cross_entropy"]["beam"],
-                3,
-            )
-            for r in runs
-        ],
-        "runs": runs,
-        "scst_epochs": args.scst_epochs,
-        "scst_samples": args.scst_samples,
-        "minutes": round(seconds / 60, 1),
     }
+    if "test" in splits:
+        line["test_ratio"] = round(test_mean("self_critical") / test_mean("cross_entropy"), 3)
+    line.update(
+        {
+            "splits": splits,
+            "seed_ratios": [
+                round(
+                    r["pooled_cider"]["self_critical"]["beam"]
+                    / r["pooled_cider"]["cross_entropy"]["beam"],
+                    3,
+                )
+                for r in runs
+            ],
+            "runs": runs,
+            "scst_epochs": args.scst_epochs,
+            "scst_samples": args.scst_samples,
+            "minutes": round(seconds / 60, 1),
+        }
+    )
+    return line
 
 
 def parse_args(argv=None) -> argparse.Namespace:

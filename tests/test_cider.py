@@ -1,8 +1,11 @@
 """CIDEr-D for SCST: pycocoevalcap's numbers, training document frequencies, <end> handling."""
 
+import math
+
 import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from trainer.cider import CiderD, ids_until_end
 
@@ -13,6 +16,15 @@ REFERENCES = [
     ["two men play football", "men play a game of football on a field", "two men kick a ball"],
     ["a girl in a red dress", "a little girl wears a red red dress", "girl in red"],
     ["a cat sleeps", "a cat sleeps on a sofa", "the cat is asleep on the sofa"],
+]
+# Six training images, not the four scored: "dog", "a", "on the" are common here, "grass" rare.
+TRAINING_REFERENCES = [
+    ["a dog runs on the beach", "a black dog runs", "a dog is running"],
+    ["a dog sleeps on the sofa", "the dog is asleep"],
+    ["a man rides a bike on the road", "a man on a bike"],
+    ["two dogs play on the grass", "dogs play"],
+    ["a girl in a dress", "a little girl smiles"],
+    ["a cat on the sofa", "a cat sits on the sofa", "the cat is sitting"],
 ]
 CANDIDATES = [
     "a dog runs on the grass",
@@ -43,6 +55,39 @@ def test_scores_equal_pycocoevalcap_when_document_frequencies_come_from_the_same
     scores = CiderD(references).scores(candidates, references)
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+
+
+class _TrainingIdfScorer(CiderScorer):
+    """pycocoevalcap's CIDEr-D arithmetic with document frequencies and ref_len held at those of
+    another (training) reference set: `compute_cider` sets ref_len from the scored references."""
+
+    def __init__(self, training: CiderScorer):
+        super().__init__()
+        self.document_frequency = training.document_frequency
+        self._training_ref_len = math.log(len(training.crefs))
+
+    ref_len = property(lambda self: self._training_ref_len, lambda self, value: None)
+
+
+def test_scores_equal_pycocoevalcap_with_document_frequencies_of_the_training_references():
+    vocabulary = {}
+    candidates, references = _encoded(vocabulary)
+    training_ids = [_to_ids(refs, vocabulary) for refs in TRAINING_REFERENCES]
+    training = CiderScorer()
+    for refs in TRAINING_REFERENCES:
+        training += (None, refs)
+    training.compute_doc_freq()
+    scorer = _TrainingIdfScorer(training)
+    for candidate, refs in zip(CANDIDATES, REFERENCES):
+        scorer += (candidate, refs)
+    expected = np.array(scorer.compute_cider())
+    assert scorer.ref_len == math.log(len(TRAINING_REFERENCES)) != math.log(len(REFERENCES))
+
+    scores = CiderD(training_ids).scores(candidates, references)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+    # The figures tell the frequencies apart: those of the scored references do not match.
+    scored_references_idf = CiderD(references).scores(candidates, references)
+    assert np.max(np.abs(scored_references_idf - expected)) > 0.05
 
 
 def test_candidate_equal_to_a_reference_beats_the_same_words_shuffled():

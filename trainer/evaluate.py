@@ -1,9 +1,10 @@
 """Caption a whole split and score it against all its references: `python -m trainer.evaluate`.
 
 Corpus BLEU-1..4 (NLTK: needs no data download) over every test image, each against all of its
-references; with the `eval` extra and Java, the COCO caption metrics too. On the embedded sample
-data set, also the share of captions that are true of their scene. (The original notebook's
-BLEU of 0.129 scored its first test image over and over against one reference.)
+references; with the `eval` extra and Java, the COCO caption metrics too, PTB-tokenized first as
+coco-caption scores them. On the embedded sample data set, also the share of captions that are
+true of their scene. (The original notebook's BLEU of 0.129 scored its first test image over and
+over against one reference.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -65,9 +68,72 @@ def bleu(references: list[list[str]], hypotheses: list[str]) -> dict:
     }
 
 
+_PTB_CHECK = "ptb-check"  # ptb_tokenized's key of its known last line.
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """File descriptor 2 (a child process's stderr too) into a temporary file; yields a function
+    that reads what was written."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+b") as captured:
+
+        def written() -> str:
+            captured.seek(0)
+            return captured.read().decode(errors="replace")
+
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield written
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def ptb_tokenized(*captions: dict[int, list[str]]) -> tuple[dict, ...] | None:
+    """Each {id: [caption, ...]} of `captions` as coco-caption tokenizes it before scoring:
+    Stanford's PTBTokenizer (pycocoevalcap's, in Java), lower-cased, punctuation dropped; one
+    Java call per dict. None, logged, where Java or the tokenizer fails."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    if not shutil.which("java"):
+        logging.warning(
+            "java not found: COCO metrics score untokenized captions, not PTB-tokenized as "
+            "coco-caption's do (metrics key coco_tokenizer: none)"
+        )
+        return None
+    tokenized = []
+    for by_id in captions:
+        # One line a caption: Java must see no line break but the ones between captions. The
+        # last line, known, shows that Java ran and that its lines are the captions' lines.
+        lines = {key: [{"caption": " ".join(c.split())} for c in cs] for key, cs in by_id.items()}
+        lines[_PTB_CHECK] = [{"caption": "Checked, LAST."}]
+        with _native_stderr_captured() as java_stderr:  # "PTBTokenizer tokenized N tokens ...".
+            try:
+                result, problem = PTBTokenizer().tokenize(lines), ""
+            except OSError as error:  # No java, or the package's folder (its temp file) read-only.
+                result, problem = {}, str(error)
+            problem = problem or java_stderr()
+        if result.pop(_PTB_CHECK, None) != ["checked last"]:
+            logging.warning(
+                "PTBTokenizer failed (%s): COCO metrics score untokenized captions "
+                "(metrics key coco_tokenizer: none)",
+                problem.strip() or "its output does not line up with its input",
+            )
+            return None
+        tokenized.append(result)
+    return tuple(tokenized)
+
+
 def coco_metrics(references: list[list[str]], hypotheses: list[str], meteor: bool = True) -> dict:
     """pycocoevalcap's BLEU, ROUGE-L and CIDEr-D (its `Cider` is the CIDEr-D of the COCO server)
-    where installed (extra `eval`), METEOR where Java runs too."""
+    where installed (extra `eval`), METEOR where Java runs too.
+
+    As coco-caption scores: references and hypotheses PTB-tokenized first (`ptb_tokenized`);
+    where Java is missing, the captions as they are, logged. `coco_tokenizer` says which: "ptb"
+    or "none".
+    """
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
@@ -76,7 +142,10 @@ def coco_metrics(references: list[list[str]], hypotheses: list[str], meteor: boo
         return {}
     refs = {index: list(refs) for index, refs in enumerate(references)}
     hyps = {index: [hyp] for index, hyp in enumerate(hypotheses)}
-    scores = {}
+    tokenized = ptb_tokenized(refs, hyps)
+    if tokenized:
+        refs, hyps = tokenized
+    scores = {"coco_tokenizer": "ptb" if tokenized else "none"}
     scorers = [("coco_bleu", Bleu(4)), ("coco_rouge_l", Rouge()), ("coco_cider", Cider())]
     if meteor and shutil.which("java"):
         try:

@@ -225,6 +225,18 @@ class RelationBlock(keras.layers.Layer):
         return features + self.mlp_out(self.mlp_in(self.mlp_norm(features)))
 
 
+def _check_choices(feature_layer: str, initial_state: str, attention_heads: int) -> None:
+    """Refuse a Captioner option outside its choices, naming the flag and what it accepts."""
+    if feature_layer not in FEATURE_LAYERS:
+        raise ValueError(
+            f"--feature_layer={feature_layer}: expected one of {sorted(FEATURE_LAYERS)}"
+        )
+    if initial_state not in INITIAL_STATES:
+        raise ValueError(f"--initial_state={initial_state}: expected one of {INITIAL_STATES}")
+    if attention_heads < 1:
+        raise ValueError(f"--attention_heads={attention_heads}: expected 1 or more")
+
+
 class Captioner(keras.Model):
     """Show, attend and tell with an EfficientNetB0 encoder and a GRU that carries its state."""
 
@@ -246,14 +258,7 @@ class Captioner(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if feature_layer not in FEATURE_LAYERS:
-            raise ValueError(
-                f"--feature_layer={feature_layer}: expected one of {sorted(FEATURE_LAYERS)}"
-            )
-        if initial_state not in INITIAL_STATES:
-            raise ValueError(f"--initial_state={initial_state}: expected one of {INITIAL_STATES}")
-        if attention_heads < 1:
-            raise ValueError(f"--attention_heads={attention_heads}: expected 1 or more")
+        _check_choices(feature_layer, initial_state, attention_heads)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units
@@ -268,13 +273,7 @@ class Captioner(keras.Model):
         self.feature_layer = feature_layer
         # The whole network stays `cnn` (its weights files and checkpoints are the whole
         # EfficientNetB0's); `features_of` runs it up to the chosen map only.
-        chosen = FEATURE_LAYERS[feature_layer]
-        maps = [chosen.layer] + ([chosen.cell.layer] if chosen.cell else [])
-        outputs = [self.cnn.get_layer(name).output for name in maps]
-        # One map, or (the map, its cells): Keras returns a lone output unwrapped.
-        self.features_of = keras.Model(
-            self.cnn.input, outputs if chosen.cell else outputs[0], name="feature_map"
-        )
+        self.features_of = self._feature_map_model(FEATURE_LAYERS[feature_layer])
         self.fc = keras.layers.Dense(embedding_dim, activation="relu", name="fc")
         # Which location a feature came from. The attention context is a weighted *sum* over
         # locations, so without this the decoder could not tell left from right: the features
@@ -317,6 +316,15 @@ class Captioner(keras.Model):
         self.dropout = keras.layers.Dropout(dropout, name="dropout")
         self.fc1 = keras.layers.Dense(units, name="fc1")
         self.fc2 = keras.layers.Dense(vocab_size, dtype="float32", name="logits")
+
+    def _feature_map_model(self, chosen: FeatureLayer) -> keras.Model:
+        """`cnn` run up to the `chosen` map, and to its cells' map if it has one."""
+        maps = [chosen.layer] + ([chosen.cell.layer] if chosen.cell else [])
+        outputs = [self.cnn.get_layer(name).output for name in maps]
+        # One map, or (the map, its cells): Keras returns a lone output unwrapped.
+        return keras.Model(
+            self.cnn.input, outputs if chosen.cell else outputs[0], name="feature_map"
+        )
 
     # Encoder ---------------------------------------------------------------------------------
 

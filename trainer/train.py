@@ -745,6 +745,16 @@ class BestEpoch:
 # Reading a job dir back.
 
 
+def check_identity(identity: dict, tokens: list[str]) -> None:
+    """Refuse an identity that lacks a key of IDENTITY_KEYS or was not made for `tokens`."""
+    missing = sorted(set(IDENTITY_KEYS) - set(identity))
+    if missing:
+        raise ValueError(f"its identity has no {', '.join(missing)}: another trainer's version")
+    fingerprint = text.fingerprint("\n".join(tokens))
+    if (identity["vocab_fingerprint"], identity["vocab_size"]) != (fingerprint, len(tokens)):
+        raise ValueError("its identity was recorded for another token table than its vocab.txt")
+
+
 def restore(job_dir: str) -> tuple[Captioner, list[str], TrainConfig]:
     """The latest checkpoint of `job_dir` (the best epoch's, if it trained with --keep_best) as
     (model, token table, its training config).

