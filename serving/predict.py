@@ -1,5 +1,6 @@
 r"""Caption image files with an exported SavedModel: `python -m serving.predict`.
 
+    python -m serving.predict photo.jpg               # the shipped Flickr8k captioner
     python -m serving.predict --model_dir=exports/captioner photos/ extra/*.jpg \
         --output=captions.jsonl --attention_plot=plots/
 
@@ -27,7 +28,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def resolve_model_dir(model_dir: str) -> str:
-    """A version dir as given, or the highest numbered version under a model dir."""
+    """A version dir as given, or the highest numbered version under a model dir; empty: the
+    shipped model's SavedModel (serving/shipped.py)."""
+    if not model_dir:
+        from serving import shipped
+
+        return shipped.saved_model_dir()
     if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         return model_dir
     version = tf_serving.latest_version(model_dir)
@@ -232,6 +238,10 @@ def main(argv):
     images = argv[1:]
     if not images:
         raise app.UsageError("name at least one image, folder or glob after the flags")
+    if not FLAGS.model_dir:
+        from serving import shipped
+
+        print(f"captioning with {shipped.DESCRIPTION}; --model_dir picks another", file=sys.stderr)
     lines = predict(
         FLAGS.model_dir,
         images,

@@ -66,3 +66,26 @@ def saved_model_dir(directory: str = pretrained.PRETRAINED_DIR) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version_dir
+
+
+# Real, freely licensed photos that scikit-image ships in its wheel (skimage.data): what `make
+# demo` and the tests caption with the shipped model, and who or what a person would say each
+# shows.
+SAMPLE_PHOTOS = {"astronaut": "a woman", "coffee": "a cup", "chelsea": "a cat"}
+
+
+def sample_photos(out_dir: str) -> list[str]:
+    """SAMPLE_PHOTOS written as PNG files into `out_dir`; [] where scikit-image is missing."""
+    try:
+        from skimage import data as skimage_data
+    except ImportError:
+        return []
+    from PIL import Image
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for name in SAMPLE_PHOTOS:
+        path = os.path.join(out_dir, f"{name}.png")
+        Image.fromarray(getattr(skimage_data, name)()).save(path)
+        paths.append(path)
+    return paths

@@ -97,13 +97,65 @@ def define_meteor():
 
 
 def define_model_dir():
-    """--model_dir: the SavedModel the serving commands read."""
+    """--model_dir: the SavedModel the serving commands read; empty: the shipped model."""
     return _define(
         "model_dir",
         flags.DEFINE_string,
-        "exports/captioner",
-        "Exported model: a version dir, or the model dir (its highest version is used).",
+        "",
+        "Exported model: a version dir, or the model dir (its highest version is used); empty: "
+        "the shipped Flickr8k captioner (trainer/weights/flickr8k/).",
     )
+
+
+def define_optimisation(epochs: int, batch_size: int, learning_rate: float, seed: int):
+    """--epochs, --batch_size, --learning_rate, --seed of a command that trains; each command's
+    own defaults (the last caller's win, as `flags.set_default`)."""
+    values = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    defined = (
+        _define(
+            "epochs",
+            flags.DEFINE_integer,
+            epochs,
+            "Passes over the train split (a resumed run continues up to this).",
+            lower_bound=1,
+        ),
+        _define(
+            "batch_size",
+            flags.DEFINE_integer,
+            batch_size,
+            "Global batch, split across replicas.",
+            lower_bound=1,
+        ),
+        _define("learning_rate", flags.DEFINE_float, learning_rate, "Peak Adam learning rate."),
+        _define("seed", flags.DEFINE_integer, seed, "Shuffling and initialisation seed."),
+    )
+    for name, value in {**values, "seed": seed}.items():
+        flags.FLAGS.set_default(name, value)
+    return defined
+
+
+def define_server_address(host: str, port: int | None):
+    """--host and --port of a command that runs a server, with its own defaults."""
+    defined = (
+        _define(
+            "host",
+            flags.DEFINE_string,
+            host,
+            "This server's address: where the page "
+            "listens (0.0.0.0 opens it to others), or the name trainers reach a tf.data "
+            "service worker by (on several machines, this host's network name).",
+        ),
+        _define(
+            "port",
+            flags.DEFINE_integer,
+            port,
+            "Port this server listens on; 0: a free one.",
+            lower_bound=0,
+        ),
+    )
+    flags.FLAGS.set_default("host", host)
+    flags.FLAGS.set_default("port", port)
+    return defined
 
 
 def define_encoder():

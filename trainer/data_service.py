@@ -35,16 +35,10 @@ SERVICE = tf.data.experimental.service
 def define_flags() -> None:
     flags.DEFINE_bool("dispatcher", False, "Run the dispatcher (one per service).")
     flags.DEFINE_bool("worker", False, "Run a worker (any number; each registers itself).")
-    flags.DEFINE_integer("port", None, "Port this server listens on.", lower_bound=1)
     flags.DEFINE_string(
         "dispatcher_address", "", "--worker: the dispatcher's HOST:PORT (no grpc:// prefix)."
     )
-    flags.DEFINE_string(
-        "host",
-        "localhost",
-        "--worker: the name trainers reach this worker by; the default serves this machine "
-        "only, so on several machines pass this host's network name.",
-    )
+    cli.define_server_address("localhost", None)  # --worker's name; the port is required.
     flags.DEFINE_string(
         "work_dir",
         "",

@@ -344,10 +344,7 @@ def define_flags() -> None:
     cli.define_job_dir(PRETRAIN_JOB_DIR)
     cli.define_encoder()
     flags.DEFINE_integer("image_size", 64, "Square input size, pixels.")
-    flags.DEFINE_integer("epochs", 20, "Passes over the train split.", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1)
-    flags.DEFINE_float("learning_rate", 2e-3, "Peak Adam learning rate (cosine decay to 1%).")
-    flags.DEFINE_integer("seed", 0, "Shuffle and initialisation seed.")
+    cli.define_optimisation(epochs=20, batch_size=64, learning_rate=2e-3, seed=0)  # Cosine.
     flags.DEFINE_bool("flip", True, "Mirror half the training images (and x labels) at random.")
     flags.DEFINE_string(
         "init_weights", "none", "Start from these encoder weights (a file, or none: random)."

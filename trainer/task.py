@@ -75,16 +75,9 @@ def _define_recipe_flag() -> None:
 
 
 def _define_optimisation_flags() -> None:
-    flags.DEFINE_integer(
-        "epochs",
-        defaults.epochs,
-        "Total passes over the train split (a resumed run continues up to this).",
-        lower_bound=1,
+    cli.define_optimisation(
+        defaults.epochs, defaults.batch_size, defaults.learning_rate, defaults.seed
     )
-    flags.DEFINE_integer(
-        "batch_size", defaults.batch_size, "Global batch, split across replicas.", lower_bound=1
-    )
-    flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam learning rate.")
     flags.DEFINE_enum(
         "lr_schedule",
         defaults.lr_schedule,
@@ -163,7 +156,6 @@ def _define_run_flags() -> None:
         "XLA-compile the train step. Default: on when it reads cached features, off when it runs "
         "the encoder (--train_encoder, --nocache_features, fine-tuning); BENCHMARKS.md says why.",
     )
-    flags.DEFINE_integer("seed", defaults.seed, "Shuffling and initialisation seed.")
     flags.DEFINE_bool(
         "deterministic",
         defaults.deterministic,
