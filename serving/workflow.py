@@ -9,7 +9,9 @@ because it runs all stages: data flows one way, preprocess ← trainer ← servi
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 
 from absl import app, flags
 
@@ -30,13 +32,15 @@ def define_flags() -> None:
 def main(argv):
     del argv  # Everything comes from flags.
     cli.quiet_absl_logging()
+    seconds = {}
     try:
-        trained = task.train_and_evaluate()
+        trained = task.train_and_evaluate(seconds)
     except (data.DataError, model.EncoderWeightsError, FileNotFoundError) as error:
         sys.exit(f"serving.workflow: error: {error}")
     if trained is None:
         return  # Another worker than the chief: it has nothing to export.
     config = trained[2]
+    started = time.perf_counter()
     path = export.export(
         config.job_dir,
         FLAGS.export_dir,
@@ -48,7 +52,9 @@ def main(argv):
         restored=trained,
         block_trigrams=FLAGS.block_trigrams,
     )
+    seconds["export"] = round(time.perf_counter() - started, 1)
     print(f"exported {path}", flush=True)
+    print(f"stage seconds: {json.dumps(seconds)}", flush=True)
 
 
 if __name__ == "__main__":

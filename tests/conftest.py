@@ -296,3 +296,24 @@ def fresh_process_json(script: str, *args: str):
 def exported_model_dir(exported) -> str:
     """The shared export's model dir: EXPORT_DIR/captioner, its version below."""
     return os.path.dirname(exported)
+
+
+@pytest.fixture(scope="session")
+def shipped_cache(request, tmp_path_factory) -> str:
+    """An XDG_CACHE_HOME (serving/shipped.py) holding the shipped model's export, built once
+    per test run."""
+
+    def build(folder: str) -> str:
+        from serving import shipped
+
+        previous = os.environ.get("XDG_CACHE_HOME")
+        os.environ["XDG_CACHE_HOME"] = folder
+        try:
+            shipped.saved_model_dir()
+        finally:
+            os.environ.pop("XDG_CACHE_HOME")
+            if previous is not None:
+                os.environ["XDG_CACHE_HOME"] = previous
+        return folder
+
+    return built_once(request, tmp_path_factory, "shipped_cache", build)

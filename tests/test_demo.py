@@ -1,5 +1,6 @@
 """`make demo`: the shipped encoder weights load, and the whole demo runs end to end, tiny."""
 
+import importlib.util
 import json
 import math
 import os
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from preprocess import scenes
-from serving import demo
+from serving import demo, shipped
 from trainer import grounding
 from trainer import model as model_lib
 from trainer.config import RECIPES
@@ -30,7 +31,9 @@ def test_shipped_encoder_weights_load_and_are_trained():
 
 
 @pytest.mark.slow
-def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsys, monkeypatch):
+def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(
+    tmp_path, capsys, monkeypatch, shipped_cache
+):
     pointed = []  # What the evaluation hands the pointing game: (rows, scenes).
 
     def recording_pointing_game(rows, scenes_by_image):
@@ -39,6 +42,7 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
 
     pointing_game = grounding.pointing_game
     monkeypatch.setattr(grounding, "pointing_game", recording_pointing_game)
+    monkeypatch.setenv("XDG_CACHE_HOME", shipped_cache)  # The shipped model, exported once.
     # No XLA: compiling the step costs more than this one-epoch run (test_train covers it).
     training = {"image_size": 32, "epochs": 1, "batch_size": 8, "jit_compile": False}
     summary = demo.demo(
@@ -74,7 +78,19 @@ def test_tiny_demo_runs_every_stage_and_reports_held_out_figures(tmp_path, capsy
     assert json.loads(last_line)["bleu4"] == summary["bleu4"]
     assert os.path.exists(os.path.join(summary["export"], "saved_model.pb"))
     stages = summary["stage_seconds"]
-    assert list(stages) == ["sample_and_preprocess", "train", "evaluate", "export", "serve"]
+    assert list(stages) == [
+        "sample_and_preprocess",
+        "train",
+        "evaluate",
+        "export",
+        "serve",
+        "real_photos",
+    ]
     assert all(value > 0 for value in stages.values())
     assert sum(stages.values()) <= summary["minutes"] * 60 + 1
     assert len(os.listdir(tmp_path / "attention")) == 2
+    # Its last stage: real photos that scikit-image ships, captioned by the shipped model.
+    if importlib.util.find_spec("skimage"):
+        photos = summary["shipped_model"]
+        assert set(photos) == {f"{name}.png" for name in shipped.SAMPLE_PHOTOS}
+        assert all(len(caption.split()) >= 3 for caption in photos.values())

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, built_once, fresh_process_json
+from conftest import REPO, fresh_process_json, start_module
+from test_app import CHROMEDRIVER, CHROMIUM, chromium
 
 from preprocess import transform
 from serving import shipped
@@ -23,26 +24,8 @@ MAX_SHIPPED_MIB = 25
 
 
 @pytest.fixture(scope="module")
-def cache_home(request, tmp_path_factory) -> str:
-    """An XDG_CACHE_HOME holding the shipped model's export, built once per test run."""
-
-    def build(folder: str) -> str:
-        previous = os.environ.get("XDG_CACHE_HOME")
-        os.environ["XDG_CACHE_HOME"] = folder
-        try:
-            shipped.saved_model_dir()
-        finally:
-            os.environ.pop("XDG_CACHE_HOME")
-            if previous is not None:
-                os.environ["XDG_CACHE_HOME"] = previous
-        return folder
-
-    return built_once(request, tmp_path_factory, "shipped_cache", build)
-
-
-@pytest.fixture(scope="module")
-def version_dir(cache_home, monkeypatch_module) -> str:
-    monkeypatch_module.setenv("XDG_CACHE_HOME", cache_home)
+def version_dir(shipped_cache, monkeypatch_module) -> str:
+    monkeypatch_module.setenv("XDG_CACHE_HOME", shipped_cache)
     return shipped.saved_model_dir()  # Already exported: found, not made again.
 
 
@@ -102,11 +85,11 @@ def test_its_caption_of_the_astronaut_photo_names_a_person(version_dir, photos):
     assert PEOPLE & set(served[0].split()), served
 
 
-def test_predict_without_model_dir_uses_it_and_says_so(cache_home, version_dir, photos):
+def test_predict_without_model_dir_uses_it_and_says_so(shipped_cache, version_dir, photos):
     result = subprocess.run(
         [sys.executable, "-m", "serving.predict", *photos],
         cwd=REPO,
-        env=dict(os.environ, XDG_CACHE_HOME=cache_home, PYTHONPATH=REPO),
+        env=dict(os.environ, XDG_CACHE_HOME=shipped_cache, PYTHONPATH=REPO),
         capture_output=True,
         text=True,
         check=True,
@@ -140,3 +123,40 @@ def test_an_altered_shipped_file_is_refused_before_anything_is_served(tmp_path, 
     with pytest.raises(pretrained.PretrainedError, match="vocab.txt: sha256 differs"):
         shipped.saved_model_dir(str(altered))
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
+)
+def test_the_page_without_model_dir_captions_a_real_photo_in_chromium(
+    shipped_cache, version_dir, photos, tmp_path, monkeypatch
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    process = start_module(["serving.app", "--port=0"], env={"XDG_CACHE_HOME": shipped_cache})
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("open http://"):
+            break
+    driver = chromium(tmp_path / "profile")
+    try:
+        assert any("the shipped Flickr8k captioner" in seen for seen in lines), lines
+        driver.get(line.split()[1])
+        driver.find_element(By.ID, "file").send_keys(photos[0])
+        body = driver.find_element(By.TAG_NAME, "body")
+        WebDriverWait(driver, 120).until(
+            lambda _: body.get_attribute("data-state") in ("done", "error")
+        )
+        assert body.get_attribute("data-state") == "done", driver.find_element(By.ID, "message")
+        served = fresh_process_json(SAVED_MODEL_CAPTIONS, version_dir, photos[0])
+        assert driver.find_element(By.ID, "caption").text == served[0]
+        driver.save_screenshot(str(tmp_path / "app.png"))
+        print(f"screenshot: {tmp_path / 'app.png'}")
+    finally:
+        driver.quit()
+        process.terminate()
+        process.wait(timeout=60)

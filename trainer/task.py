@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 
@@ -325,14 +326,18 @@ def config_from_flags(**overrides) -> TrainConfig:
     return recipe_config(FLAGS.recipe, **{**unset, **given, **overrides})
 
 
-def train_and_evaluate() -> tuple | None:
+def train_and_evaluate(seconds: dict | None = None) -> tuple | None:
     """Train from flags, then (on the chief) evaluate the live model on the test split.
 
     Returns (model, tokens, config) on the chief, for a caller that goes on (serving.workflow
-    exports it); None on other workers.
+    exports it); None on other workers. `seconds` gets each stage's wall time, and they are
+    printed at the end.
     """
+    seconds = {} if seconds is None else seconds
+    started = time.perf_counter()
     config = config_from_flags()
     trained_model, tokens, metrics = train.train(config)
+    seconds["train"] = round(time.perf_counter() - started, 1)
     logging.info("training done at step %d", metrics["step"])
     if not metrics["chief"]:
         return None  # The chief alone evaluates and exports.
@@ -349,6 +354,8 @@ def train_and_evaluate() -> tuple | None:
             meteor=FLAGS.meteor,
         )
         print(json.dumps({"test": scores["metrics"]}), flush=True)
+        seconds["evaluate"] = round(time.perf_counter() - started - seconds["train"], 1)
+    print(f"stage seconds: {json.dumps(seconds)}", flush=True)
     return trained_model, tokens, config
 
 
