@@ -24,9 +24,10 @@ COMMON = [
     "--nojit_compile",
 ]
 # Float noise only: a replica's half batch is summed in another order than the whole batch,
-# and Adam's normalised updates carry that to a few 1e-5 in a few weights. A missed, repeated
-# or wrongly restored step moves weights by ~lr = 1e-2.
-WEIGHT_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+# and Adam's normalised updates carry that to a few 1e-4 in a few weights (more where the CPU's
+# kernels sum in yet another order). A missed, repeated or wrongly restored step moves weights
+# by ~lr = 1e-2.
+WEIGHT_TOLERANCE = {"rtol": 1e-4, "atol": 1e-3}
 
 
 def free_port() -> int:
