@@ -191,6 +191,6 @@ def test_batches_sorted_by_length_train_alike_on_one_device_and_two_replicas(tin
     )
     assert one.metrics["step"] == two.metrics["step"] == 2 * 24 // 8  # 24 pairs, 2 epochs.
     # Float noise only (half batches summed in another order, as the CPU's kernels have it); a
-    # wrongly weighted batch moves weights by ~1e-3.
+    # wrongly weighted batch moves weights by up to ~lr = 1e-2 a step.
     for a, b in zip(one.model.get_weights(), two.model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-4)
