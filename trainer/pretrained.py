@@ -28,6 +28,7 @@ from absl import app, flags
 
 from trainer import cli, job, train
 from trainer.config import TrainConfig
+from trainer.lite0 import sha256_of
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "flickr8k")
 WEIGHTS_FILENAME = "captioner.npz"
@@ -38,14 +39,6 @@ REBUILD = "make pretrained FLICKR8K=PATH (trainer/weights/flickr8k/README.md)"
 
 class PretrainedError(RuntimeError):
     """The shipped model's files are missing, altered or do not fit the model they describe."""
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checked_sums(directory: str = PRETRAINED_DIR) -> dict[str, str]:
