@@ -152,13 +152,13 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     cli.define_job_dir()
     flags.adopt_module_key_flags(cli)
-    flags.DEFINE_string("output_dir", PRETRAINED_DIR, "Where the shipped model's files go.")
+    flags.DEFINE_string("pretrained_dir", PRETRAINED_DIR, "Where the shipped model's files go.")
 
 
 def main(argv):
     del argv  # Everything comes from flags.
     cli.quiet_absl_logging()
-    directory = pack(FLAGS.job_dir, FLAGS.output_dir)
+    directory = pack(FLAGS.job_dir, FLAGS.pretrained_dir)
     for name in (*SHIPPED_FILES, SUMS_FILENAME):
         size = os.path.getsize(os.path.join(directory, name))
         print(f"{os.path.join(directory, name)}: {size / 2**20:.1f} MiB")
