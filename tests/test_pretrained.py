@@ -86,3 +86,17 @@ def test_a_job_whose_encoder_trained_is_not_packed(trained_job, tmp_path):
     (copied / job.CONFIG_FILENAME).write_text(json.dumps(record))
     with pytest.raises(pretrained.PretrainedError, match="encoder trained"):
         pretrained.pack(str(copied), str(tmp_path / "out"))
+
+
+def test_an_archive_holding_a_pickle_is_refused_unread(tmp_path):
+    ran = tmp_path / "ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    path = tmp_path / "captioner.npz"
+    np.savez(path, weights=np.array([RunsCode()], dtype=object))
+    with pytest.raises(pretrained.PretrainedError, match="not a plain numeric weights archive"):
+        pretrained.read_arrays(str(path))
+    assert not ran.exists()

@@ -101,10 +101,19 @@ def pack(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
     return directory
 
 
+def read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The archive's numeric arrays. No pickle is ever unpickled: numpy refuses an object array
+    (the one kind stored as a pickle) under allow_pickle=False, and so does this, named."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError) as error:
+        raise PretrainedError(f"{path}: not a plain numeric weights archive ({error})") from error
+
+
 def _load_arrays(path: str, model) -> None:
     """Assign the archive's arrays to the model's decoder variables, every one by its path."""
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
+    arrays = read_arrays(path)
     variables = {variable_name(v): v for v in decoder_variables(model)}
     if set(arrays) != set(variables):
         missing, extra = sorted(set(variables) - set(arrays)), sorted(set(arrays) - set(variables))
