@@ -21,6 +21,10 @@ from PIL import Image
 from serving import app, predict
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+needs_chromium = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
+)
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -184,19 +188,23 @@ def test_page_fronts_tf_serving_over_rest(served, photo):
         front.server_close()
 
 
-@pytest.fixture
-def app_process(exported_model_dir):
-    """`python -m serving.app` on a free port; its URL once it says where to open it."""
-    process = start_module(["serving.app", f"--model_dir={exported_model_dir}", "--port=0"])
+def start_app(args: list[str], env: dict | None = None):
+    """`python -m serving.app ARGS` on a free port: (process, its URL, what it printed first)."""
+    process = start_module(["serving.app", *args, "--port=0"], env=env)
     lines = []
     for line in process.stdout:
         lines.append(line)
         if line.startswith("open http://"):
-            break
-    else:
-        process.wait()
-        pytest.fail("serving.app stopped before serving:\n" + "".join(lines))
-    yield line.split()[1]
+            return process, line.split()[1], lines
+    process.wait()
+    pytest.fail("serving.app stopped before serving:\n" + "".join(lines))
+
+
+@pytest.fixture
+def app_process(exported_model_dir):
+    """`python -m serving.app` on a free port; its URL once it says where to open it."""
+    process, url, _ = start_app([f"--model_dir={exported_model_dir}"])
+    yield url
     process.terminate()
     process.wait(timeout=60)
 
@@ -213,10 +221,7 @@ def chromium(profile_dir):
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
-@pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
-)
+@needs_chromium
 def test_chromium_uploads_a_photo_and_shows_a_words_attention(
     app_process, served, photo, tmp_path, monkeypatch
 ):

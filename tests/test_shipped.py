@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import tensorflow as tf
-from conftest import REPO, fresh_process_json, start_module
-from test_app import CHROMEDRIVER, CHROMIUM, chromium
+from conftest import REPO, fresh_process_json
+from test_app import chromium, needs_chromium, start_app
 
 from preprocess import transform
 from serving import shipped
@@ -125,10 +125,7 @@ def test_an_altered_shipped_file_is_refused_before_anything_is_served(tmp_path, 
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
-)
+@needs_chromium
 def test_the_page_without_model_dir_captions_a_real_photo_in_chromium(
     shipped_cache, version_dir, photos, tmp_path, monkeypatch
 ):
@@ -136,16 +133,11 @@ def test_the_page_without_model_dir_captions_a_real_photo_in_chromium(
     from selenium.webdriver.support.ui import WebDriverWait
 
     monkeypatch.setenv("SE_OFFLINE", "true")
-    process = start_module(["serving.app", "--port=0"], env={"XDG_CACHE_HOME": shipped_cache})
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("open http://"):
-            break
+    process, url, lines = start_app([], env={"XDG_CACHE_HOME": shipped_cache})
     driver = chromium(tmp_path / "profile")
     try:
         assert any("the shipped Flickr8k captioner" in seen for seen in lines), lines
-        driver.get(line.split()[1])
+        driver.get(url)
         driver.find_element(By.ID, "file").send_keys(photos[0])
         body = driver.find_element(By.TAG_NAME, "body")
         WebDriverWait(driver, 120).until(
