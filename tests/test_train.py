@@ -97,6 +97,49 @@ def test_best_epoch_is_a_whole_epoch_by_val_loss_then_by_val_cider(tmp_path):
     assert kept()["step"] == 10 and kept()["val_cider_d"] == 0.5
 
 
+def test_averaging_keeps_the_mean_of_the_last_whole_epochs_across_a_resume(tmp_path):
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.build((None, 1))
+    phases = train.Phases(3, 9, 2, 9)  # 3 cross-entropy epochs of 3 steps.
+    best = train.BestEpoch(str(tmp_path), model, chief=True, average_epochs=2)
+    for epoch, step, value in [(1, 3, 1.0), (2, 5, 7.0), (2, 6, 2.0)]:
+        model.set_weights([np.full((1, 1), value), np.full((1,), -value)])
+        best.offer({"epoch": epoch, "step": step, "val_loss": 1.0}, phases)
+    resumed = train.BestEpoch(str(tmp_path), model, chief=True, average_epochs=2)
+    model.set_weights([np.full((1, 1), 4.0), np.full((1,), -4.0)])
+    resumed.offer({"epoch": 3, "step": 9, "val_loss": 2.0}, phases)
+    model.set_weights([np.zeros((1, 1)), np.zeros((1,))])
+    # Epochs 2 and 3; not epoch 1 (too old), nor step 5 (--max_steps cut its epoch).
+    assert resumed.average() == [6, 9]
+    np.testing.assert_allclose(model.get_weights()[0], [[3.0]])
+    np.testing.assert_allclose(model.get_weights()[1], [-3.0])
+    resumed.keep({"averaged_steps": [6, 9], "step": 9, "val_loss": 1.5})
+    model.set_weights([np.zeros((1, 1)), np.zeros((1,))])
+    resumed.restore()
+    np.testing.assert_allclose(model.get_weights()[0], [[3.0]])
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["averaged_steps"] == [6, 9]
+
+
+def test_a_run_with_averaging_keeps_and_restores_the_mean_of_its_last_epochs(tiny_data, tmp_path):
+    job_dir = tmp_path / "job"
+    train.train(tiny_config(tiny_data, job_dir, epochs=3, average_epochs=2, keep_best=True))
+    kept = json.loads((job_dir / "best" / "best.json").read_text())
+    first, last = kept["averaged_steps"]  # Epochs 2 and 3 of 3.
+    assert last == kept["step"] == first * 3 // 2 and "val_loss" in kept
+    epochs = []
+    for step in kept["averaged_steps"]:
+        snapshot, _, _ = train.restore(str(job_dir))
+        path = str(job_dir / "average" / f"ckpt-{step}")
+        tf.train.Checkpoint(model=snapshot).restore(path).expect_partial()
+        epochs.append(snapshot.get_weights())
+    assert not np.allclose(epochs[0][-1], epochs[1][-1])  # Two epochs, trained apart.
+    restored, _, _ = train.restore(str(job_dir))
+    for value, *snapshots in zip(restored.get_weights(), *epochs):
+        np.testing.assert_allclose(value, np.mean(snapshots, axis=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(data.DataError, match="--average_epochs needs --keep_best"):
+        train.train(tiny_config(tiny_data, tmp_path / "b", average_epochs=2, keep_best=False))
+
+
 def test_missing_data_dir_names_the_fix(tmp_path):
     with pytest.raises(data.DataError, match="python -m preprocess.run"):
         train.train(tiny_config(str(tmp_path / "nowhere"), tmp_path / "job"))

@@ -68,6 +68,9 @@ class TrainConfig:
     # Evaluate and export the cross-entropy epoch of the lowest validation loss; after
     # self-critical epochs, whichever of it and them scores the highest val CIDEr-D (beam search).
     keep_best: bool = True
+    # With keep_best: the kept cross-entropy model is the mean of the weights of its last N
+    # epochs (checkpoint averaging), not its lowest-validation-loss epoch; 1: off.
+    average_epochs: int = 1
     # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
     # samples per image, the reward's baseline ("greedy" or "mean"), the learning rate and the
     # sampling temperature (the policy is softmax(logits / temperature)).

@@ -39,6 +39,11 @@ def best_dir(job_dir: str) -> str:
     return os.path.join(job_dir, "best")
 
 
+def average_dir(job_dir: str) -> str:
+    """Where --average_epochs keeps the weights of the last cross-entropy epochs."""
+    return os.path.join(job_dir, "average")
+
+
 def write_tokens(job_dir: str, tokens: list[str]) -> str:
     """The token table in id order, one token per line."""
     path = tokens_path(job_dir)

@@ -147,6 +147,14 @@ def _define_regularisation_flags() -> None:
         "not the last; after self-critical epochs, whichever of it and them gives the val "
         "images' captions (beam search, as evaluated) the highest CIDEr-D.",
     )
+    flags.DEFINE_integer(
+        "average_epochs",
+        defaults.average_epochs,
+        "With --keep_best: the kept cross-entropy model is the mean of the weights of its last "
+        "N epochs (checkpoint averaging, JOB_DIR/average), not its lowest-validation-loss "
+        "epoch; 1: off.",
+        lower_bound=1,
+    )
 
 
 def _define_run_flags() -> None:

@@ -70,6 +70,8 @@ class Trained(typing.NamedTuple):
 
 def train(config: TrainConfig) -> Trained:
     """Train, checkpointing as it goes; resumes from `config.job_dir`."""
+    if config.average_epochs > 1 and not config.keep_best:
+        raise data.DataError("--average_epochs needs --keep_best: the average is the model kept")
     # 1. Devices.
     strategy, precision = _strategy(config)
     chief = distribute.is_chief(strategy)
@@ -106,11 +108,15 @@ def train(config: TrainConfig) -> Trained:
     #    then self-critical; a resumed run goes on at its step.
     run = Run(config, strategy, model, optimizer, step, manager, tokenizer, *inputs)
     run.encoder_optimizer, run.pixels, run.cache_root = encoder_optimizer, pixels, cache_root
-    best = BestEpoch(config.job_dir, model, chief) if config.keep_best else None
+    best = None
+    if config.keep_best:
+        best = BestEpoch(config.job_dir, model, chief, config.average_epochs)
     history = []
     while True:
         current = int(step.numpy())
         if current == phases.cross_entropy_steps:  # Once: cross-entropy is over.
+            if best and best.snapshots:
+                best.keep(_averaged(run, best, current))
             if best:
                 best.restore()
             if config.scst_epochs:
@@ -607,6 +613,15 @@ def save_checkpoint(manager: tf.train.CheckpointManager, model, step: int) -> No
     manager.save(checkpoint_number=step)
 
 
+def _averaged(run: Run, best: BestEpoch, current: int) -> dict:
+    """--average_epochs: the model set to the mean of the last epochs' weights, validated; its
+    record (printed as one JSON line)."""
+    record = {"averaged_steps": best.average(), "step": current}
+    record.update(validate(run, current))
+    print(json.dumps(record), flush=True)
+    return record
+
+
 def validate(run: Run, current: int, self_critical: bool = False) -> dict:
     """Validation loss and token accuracy (with sample captions; after a self-critical epoch,
     the captions' CIDEr-D too), as `val_*` keys."""
@@ -693,11 +708,16 @@ class BestEpoch:
     captions' CIDEr-D instead was measured: BENCHMARKS.md, "Real photos".)
     """
 
-    def __init__(self, job_dir: str, model: Captioner, chief: bool):
-        directory = job.best_dir(job_dir)
+    def __init__(self, job_dir: str, model: Captioner, chief: bool, average_epochs: int = 1):
+        directory, average = job.best_dir(job_dir), job.average_dir(job_dir)
         if not chief:  # Every worker writes (collective ops); the chief's copy lasts.
-            directory = tempfile.mkdtemp(prefix="best-")
+            directory, average = tempfile.mkdtemp(prefix="best-"), tempfile.mkdtemp(prefix="avg-")
+        self.model = model
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), directory, 1)
+        self.snapshots = None  # --average_epochs: the last cross-entropy epochs' weights.
+        if average_epochs > 1:
+            checkpoint = tf.train.Checkpoint(model=model)
+            self.snapshots = tf.train.CheckpointManager(checkpoint, average, average_epochs)
         self.path = os.path.join(directory, "best.json")
         self.kept = {}  # The kept epoch's record; a resumed run keeps the best so far.
         if tf.io.gfile.exists(self.path):
@@ -716,6 +736,8 @@ class BestEpoch:
             return
         if epoch_record["epoch"] * phases.cross_entropy_epoch != epoch_record["step"]:
             return
+        if self.snapshots:
+            self.snapshots.save(checkpoint_number=epoch_record["step"])
         if "val_loss" not in epoch_record:
             raise data.DataError("--keep_best needs a val split to choose by; it is empty")
         if epoch_record["val_loss"] < self.kept.get("val_loss", math.inf):
@@ -727,6 +749,22 @@ class BestEpoch:
         if "val_cider_d" not in self.kept:
             self.kept["val_cider_d"] = val_cider_d
             self._write()
+
+    def average(self) -> list[int]:
+        """--average_epochs: the model's weights become the mean of the last cross-entropy
+        epochs' (Polyak averaging of checkpoints, as strong captioning and translation codebases
+        do); the steps of the epochs averaged. Then validated and kept by `keep`."""
+        saved = []
+        for path in self.snapshots.checkpoints:
+            self.snapshots.checkpoint.restore(path).assert_consumed()
+            saved.append([variable.numpy() for variable in self.model.weights])
+        for variable, values in zip(self.model.weights, zip(*saved)):
+            variable.assign(np.mean(values, axis=0).astype(values[0].dtype))
+        return [int(path.rsplit("-", 1)[1]) for path in self.snapshots.checkpoints]
+
+    def keep(self, record: dict) -> None:
+        """Keep the model as it is now, described by `record`."""
+        self._keep(record)
 
     def _keep(self, epoch_record: dict) -> None:
         self.kept = dict(epoch_record)
