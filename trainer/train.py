@@ -115,9 +115,9 @@ def train(config: TrainConfig) -> Trained:
     while True:
         current = int(step.numpy())
         if current == phases.cross_entropy_steps:  # Once: cross-entropy is over.
-            if best and best.snapshots:
-                best.keep(_averaged(run, best, current))
             if best:
+                if best.snapshots:
+                    best.keep(_averaged(run, best, current))
                 best.restore()
             if config.scst_epochs:
                 steps.reset_moments(optimizer)  # Self-critical gradients are of another scale.
@@ -732,7 +732,7 @@ class BestEpoch:
             whole = phases.cross_entropy_steps + steps_in == epoch_record["step"]
             score = epoch_record.get("val_cider_d", float("nan"))
             if whole and score > self.kept.get("val_cider_d", -math.inf):
-                self._keep(epoch_record)
+                self.keep(epoch_record)
             return
         if epoch_record["epoch"] * phases.cross_entropy_epoch != epoch_record["step"]:
             return
@@ -741,7 +741,7 @@ class BestEpoch:
         if "val_loss" not in epoch_record:
             raise data.DataError("--keep_best needs a val split to choose by; it is empty")
         if epoch_record["val_loss"] < self.kept.get("val_loss", math.inf):
-            self._keep(epoch_record)
+            self.keep(epoch_record)
 
     def to_beat(self, val_cider_d: float) -> None:
         """Cross-entropy is over: the self-critical epochs are judged against its kept epoch's
@@ -762,11 +762,8 @@ class BestEpoch:
             variable.assign(np.mean(values, axis=0).astype(values[0].dtype))
         return [int(path.rsplit("-", 1)[1]) for path in self.snapshots.checkpoints]
 
-    def keep(self, record: dict) -> None:
-        """Keep the model as it is now, described by `record`."""
-        self._keep(record)
-
-    def _keep(self, epoch_record: dict) -> None:
+    def keep(self, epoch_record: dict) -> None:
+        """Keep the model as it is now, described by `epoch_record`."""
         self.kept = dict(epoch_record)
         self.manager.save(checkpoint_number=epoch_record["step"])
         self._write()
