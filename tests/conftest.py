@@ -197,6 +197,7 @@ TINY_FLAGS = [
     "--lr_schedule=constant",
     "--dropout=0",
     "--nokeep_best",
+    "--average_epochs=1",
 ]
 
 
@@ -227,6 +228,7 @@ def tiny_config(data_dir: str, job_dir, **overrides):
         lr_schedule="constant",
         dropout=0.0,
         keep_best=False,
+        average_epochs=1,
     )
     settings.update(overrides)
     return train.TrainConfig(**settings)

@@ -3,9 +3,9 @@ recipes: `python -m trainer.task --recipe=NAME` (a flag given on the command lin
 
 - real_photos (the default): TrainConfig's defaults below, chosen on Flickr8k's standard val
   photos with EfficientNet-Lite0's ImageNet features at 224 px (README, "Flickr8k"; BENCHMARKS.md
-  has the ladder): every caption of a photo trains, a GRU of 256 units with dropout 0.3, 6 epochs
-  on a cosine rate (decayed before the validation loss turns), the epoch of the lowest
-  validation loss kept.
+  has the ladder): every caption of a photo trains, a GRU of 512 units with dropout 0.5, 6 epochs
+  on a cosine rate (decayed before the validation loss turns), the mean of the last 3 epochs'
+  weights kept.
 - demo: the sample world at 64 px with the shipped sample encoder (`make demo`, serving/demo.py;
   BENCHMARKS.md, "Learning quality", measures each choice).
 - flickr30k_gpus: real_photos on every GPU of one machine (mirrored, mixed precision), at the
@@ -39,7 +39,7 @@ class TrainConfig:
     vocab_size: int = 5000
     max_length: int = 25
     embedding_dim: int = 256
-    units: int = 256
+    units: int = 512
     relation_layers: int = 0
     attention_heads: int = 1
     image_size: int = 224
@@ -63,14 +63,14 @@ class TrainConfig:
     # decoder steps; 0: every batch padded to max_length, in drawn order.
     length_bucket: int = 4
     attention_reg: float = 0.0
-    dropout: float = 0.3  # On word embeddings and GRU outputs, in training only.
+    dropout: float = 0.5  # On word embeddings and GRU outputs, in training only.
     label_smoothing: float = 0.0  # Of the training targets; validation's loss stays plain.
     # Evaluate and export the cross-entropy epoch of the lowest validation loss; after
     # self-critical epochs, whichever of it and them scores the highest val CIDEr-D (beam search).
     keep_best: bool = True
     # With keep_best: the kept cross-entropy model is the mean of the weights of its last N
     # epochs (checkpoint averaging), not its lowest-validation-loss epoch; 1: off.
-    average_epochs: int = 1
+    average_epochs: int = 3
     # Self-critical sequence training after cross-entropy (trainer/scst.py): epochs of images,
     # samples per image, the reward's baseline ("greedy" or "mean"), the learning rate and the
     # sampling temperature (the policy is softmax(logits / temperature)).
@@ -111,6 +111,7 @@ RECIPES = {
         # epoch's.
         "dropout": 0.0,
         "keep_best": False,
+        "average_epochs": 1,
         # No longer than the grammar's longest caption with <start> and <end>: the decoder
         # unrolls no step that only padding would fill, in training and in beam search.
         "max_length": sample_data.MAX_CAPTION_WORDS + 2,

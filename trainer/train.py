@@ -71,7 +71,10 @@ class Trained(typing.NamedTuple):
 def train(config: TrainConfig) -> Trained:
     """Train, checkpointing as it goes; resumes from `config.job_dir`."""
     if config.average_epochs > 1 and not config.keep_best:
-        raise data.DataError("--average_epochs needs --keep_best: the average is the model kept")
+        raise data.DataError(
+            "--average_epochs needs --keep_best (the average is the model kept): with "
+            "--nokeep_best pass --average_epochs=1"
+        )
     # 1. Devices.
     strategy, precision = _strategy(config)
     chief = distribute.is_chief(strategy)
