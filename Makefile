@@ -22,7 +22,7 @@ app: $(STAMP)
 	$(PY) -m serving.app --model_dir=$(MODEL_DIR)
 
 # Retrains the shipped captioner (trainer/weights/flickr8k/) from a Flickr8k folder with Karpathy's
-# dataset_flickr8k.json: the Beam job, trainer.task's defaults (val chooses the epoch), then its
+# dataset_flickr8k.json: the Beam job, trainer.task's defaults, the val photos scored, then its
 # decoder, token table and config packed with their sha256s.
 FLICKR8K ?= ../shared/flickr8k
 PRETRAINED_OUT := pretrained_out
