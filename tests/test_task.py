@@ -1,9 +1,13 @@
 """`python -m trainer.task`, the command: flags → train → evaluate; fixable failures say the fix."""
 
+import json
+import shutil
+
 import pytest
 from absl import flags
-from conftest import start_module
+from conftest import TINY_FLAGS, start_module
 
+from preprocess import records
 from trainer import task
 from trainer.config import RECIPES, TrainConfig
 
@@ -64,3 +68,24 @@ def test_missing_data_dir_says_how_to_make_it(tmp_path):
     output = process.communicate(timeout=600)[0]
     assert process.returncode != 0 and "python -m preprocess.run" in output
     assert "Traceback" not in output
+
+
+def test_a_held_back_test_split_skips_evaluation_and_the_workflow_still_exports(
+    tiny_data, tmp_path
+):
+    # As ../shared/flickr8k: the test photos held back, so the Beam job wrote an empty test split.
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data, data_dir)
+    manifest_path = data_dir / records.MANIFEST_FILENAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["splits"]["test"].update(examples=0, captions=0)
+    manifest_path.write_text(json.dumps(manifest))
+    job_dir, export_dir = tmp_path / "job", tmp_path / "exports"
+    process = start_module(
+        ["serving.workflow", *TINY_FLAGS, "--epochs=1", f"--data_dir={data_dir}"]
+        + [f"--job_dir={job_dir}", f"--export_dir={export_dir}"]
+    )
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output
+    assert "not evaluated: the test split" in output and "--split=val" in output
+    assert list(export_dir.glob("*/*/saved_model.pb")), output
